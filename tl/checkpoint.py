@@ -1,0 +1,87 @@
+"""Self-describing checkpoints: ``DIR/model.safetensors`` + ``DIR/tl.json``.
+
+The same JSON is also stored in the safetensors header (key ``tl``), so the weight file alone is enough to
+rebuild the model and its preprocessing (timm's ``save_for_hf`` idea). Writes go to a temporary folder that
+is renamed into place, so a crash mid-save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tl.errors import TLError
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "tl.json"
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write weights + metadata atomically; returns the checkpoint folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta_json = json.dumps(meta, sort_keys=True)
+    save_file(state, str(tmp / MODEL_FILE), metadata={"tl": meta_json, "format": "pt"})
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _model_file(path: Path) -> Path:
+    for candidate in (path, path / MODEL_FILE, path / "best" / MODEL_FILE):
+        if candidate.is_file():
+            return candidate
+    raise TLError(f"no checkpoint at {path}", "pass a checkpoint folder such as RUN/best, or its model.safetensors")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint folder, run folder or model.safetensors file."""
+    from safetensors import safe_open
+
+    model_file = _model_file(Path(path))
+    with safe_open(str(model_file), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get("tl")
+    if raw is None:
+        sidecar = model_file.parent / META_FILE
+        if not sidecar.is_file():
+            raise TLError(f"{model_file} carries no tl metadata", "it is a plain weight file: use it with --weights PATH")
+        raw = sidecar.read_text()
+    return json.loads(raw)
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the exact model of a tl checkpoint (architecture, head, weights) from the checkpoint alone."""
+    from tl.heads import HeadSpec
+    from tl.models import build_model
+
+    meta = read_meta(path)
+    model, _ = build_model(
+        meta["arch"],
+        meta["num_classes"],
+        weights=str(_model_file(Path(path))),
+        head=HeadSpec(**meta["head"]),
+        cut_at=meta.get("cut_at"),
+        image_size=meta["input_size"],
+    )
+    return model, meta
+
+
+def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(_model_file(Path(path))))

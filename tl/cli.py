@@ -1,0 +1,55 @@
+"""The ``tl`` command: registers subcommands and turns a TLError into one line + hint (exit 2). Nothing else."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import typer
+
+from tl import archs, reproduce, train_cli
+from tl.errors import TLError
+
+app = typer.Typer(
+    name="tl",
+    help="Fine-tune ImageNet-pretrained torchvision classifiers on your own images.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train_cli.command)
+app.command("archs")(archs.command)
+app.command("reproduce")(reproduce.command)
+
+
+def _report(error: TLError) -> None:
+    if os.environ.get("TL_DEBUG"):
+        raise error
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+    print(f"{prefix}error: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"{prefix}hint: {error.hint}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except TLError as error:
+        _report(error)
+
+
+def run_single(command: Callable) -> None:
+    """Run one command function as a program of its own (``python -m tl.train``), with the same error handling."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(command)
+    try:
+        single()
+    except TLError as error:
+        _report(error)
+
+
+if __name__ == "__main__":
+    main()

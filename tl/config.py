@@ -1,0 +1,208 @@
+"""Typed run configuration: every default lives here, every check names the CLI flag it is about.
+
+The resolved ``TrainConfig`` is written to ``RUN/config.json``; ``TrainConfig.from_dict`` reads it back
+(``tl reproduce``), so field names double as the on-disk schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tl.errors import TLError
+
+DATASETS = ("synthetic", "imagefolder")
+STRATEGIES = ("full", "linear", "partial", "gradual", "auto")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "step", "plateau", "none")
+HEADS = ("linear", "mlp")
+HEAD_NORMS = ("batchnorm", "none")
+AUGMENTS = ("basic", "none")
+PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def _require(ok: bool, flag: str, problem: str, hint: str = "") -> None:
+    if not ok:
+        raise TLError(f"{flag}: {problem}", hint)
+
+
+def _choice(value: str, flag: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, flag, f"unknown value {value!r}", f"choose one of {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    image_size: int | None = None  # None: the architecture's pretrained input size
+    augment: str = "basic"
+    crop_scale_min: float = 0.25
+    val_fraction: float = 0.2
+    batch_size: int = 32
+    num_workers: int = -1  # -1: pick from the CPUs this process has
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    synthetic_classes: int = 4
+    synthetic_per_class: int = 48
+    synthetic_size: int = 32
+
+    def __post_init__(self) -> None:
+        _choice(self.dataset, "--dataset", DATASETS)
+        if self.dataset == "imagefolder":
+            _require(bool(self.data_dir), "--data-dir", "is required with --dataset imagefolder",
+                     "point it at a folder with train/<class>/ and val/<class>/ sub-folders")
+        _choice(self.augment, "--augment", AUGMENTS)
+        _require(self.image_size is None or self.image_size >= 8, "--image-size", "must be at least 8")
+        _require(0.0 < self.crop_scale_min <= 1.0, "--crop-scale-min", "must be in (0, 1]")
+        _require(0.0 < self.val_fraction < 1.0, "--val-fraction", "must be in (0, 1)")
+        _require(self.batch_size >= 1, "--batch-size", "must be at least 1")
+        _require(self.num_workers >= -1, "--num-workers", "must be >= 0 (or -1 for automatic)")
+        _require(self.synthetic_classes >= 2, "--synthetic-classes", "must be at least 2")
+        _require(self.synthetic_per_class >= 2, "--synthetic-per-class", "must be at least 2")
+        _require(self.synthetic_size >= 8, "--synthetic-size", "must be at least 8")
+        for flag, value in (("--mean", self.mean), ("--std", self.std)):
+            _require(value is None or len(value) == 3, flag, "needs three numbers, one per RGB channel")
+        _require(self.std is None or min(self.std) > 0, "--std", "values must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    weights: str = "none"  # none | DEFAULT | a torchvision enum name | a local file
+    head: str = "linear"
+    head_hidden: int = 256
+    head_norm: str = "batchnorm"
+    dropout: float = 0.0
+    cut_at: str | None = None
+    aux_loss_weight: float = 0.4  # inception_v3 / googlenet auxiliary heads
+
+    def __post_init__(self) -> None:
+        _require(bool(self.arch), "--arch", "is empty", "see `tl archs` for the list")
+        _choice(self.head, "--head", HEADS)
+        _choice(self.head_norm, "--head-norm", HEAD_NORMS)
+        _require(self.head_hidden >= 1, "--head-hidden", "must be at least 1")
+        _require(0.0 <= self.dropout < 1.0, "--dropout", "must be in [0, 1)")
+        _require(self.aux_loss_weight >= 0, "--aux-loss-weight", "must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    strategy: str = "full"
+    freeze_depth: int = 0
+    unfreeze_epoch: int = 1
+    backbone_lr_mult: float = 0.1
+    freeze_bn: bool = False
+
+    def __post_init__(self) -> None:
+        _choice(self.strategy, "--strategy", STRATEGIES)
+        _require(self.freeze_depth >= 0, "--freeze-depth", "must be >= 0")
+        _require(
+            self.strategy != "partial" or self.freeze_depth > 0,
+            "--freeze-depth",
+            "must be at least 1 with --strategy partial",
+            "e.g. --freeze-depth 2 freezes the first two stages; `tl archs` shows the model",
+        )
+        _require(self.unfreeze_epoch >= 1, "--unfreeze-epoch", "must be at least 1")
+        _require(self.backbone_lr_mult >= 0, "--backbone-lr-mult", "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    max_reductions: int = 0  # 0: never stop because of reductions
+    label_smoothing: float = 0.0
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    ema: float | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.optimizer, "--optimizer", OPTIMIZERS)
+        _choice(self.scheduler, "--scheduler", SCHEDULERS)
+        _require(self.lr > 0, "--lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "--momentum", "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "--weight-decay", "must be >= 0")
+        _require(self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0")
+        _require(self.step_size >= 1, "--step-size", "must be at least 1")
+        _require(0 < self.gamma <= 1, "--gamma", "must be in (0, 1]")
+        _require(0 < self.plateau_factor < 1, "--plateau-factor", "must be in (0, 1)")
+        _require(self.plateau_patience >= 0, "--plateau-patience", "must be >= 0")
+        _require(self.max_reductions >= 0, "--max-reductions", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)")
+        _require(self.grad_accum >= 1, "--grad-accum", "must be at least 1")
+        _require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", "must be > 0")
+        _require(self.ema is None or 0 < self.ema < 1, "--ema", "decay must be in (0, 1), e.g. 0.999")
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/latest"
+    epochs: int = 10
+    seed: int = 0
+    mixed_precision: str | None = None  # None: whatever `accelerate launch` / its config says
+    early_stop_patience: int = 0  # 0: off
+    log_with: str | None = None
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "--epochs", "must be at least 1")
+        if self.mixed_precision is not None:
+            _choice(self.mixed_precision, "--mixed-precision", PRECISIONS)
+        _require(self.early_stop_patience >= 0, "--early-stop-patience", "must be >= 0")
+        if self.log_with is not None:
+            _choice(self.log_with, "--log-with", TRACKERS)
+        _require(self.log_every >= 1, "--log-every", "must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.finetune.strategy != "gradual" or self.finetune.unfreeze_epoch < self.run.epochs,
+            "--unfreeze-epoch",
+            f"must be below --epochs ({self.run.epochs}) for the backbone to train at all",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, section_cls in (
+            ("data", DataConfig),
+            ("model", ModelConfig),
+            ("finetune", FinetuneConfig),
+            ("optim", OptimConfig),
+            ("run", RunConfig),
+        ):
+            values = dict(raw.get(name, {}))
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise TLError(f"config section {name!r} has unknown keys {sorted(unknown)}",
+                              "was it written by a newer tl?")
+            for key in ("mean", "std"):
+                if values.get(key) is not None:
+                    values[key] = tuple(values[key])
+            kwargs[name] = section_cls(**values)
+        assert set(kwargs) == set(sections)
+        return cls(**kwargs)

@@ -1,0 +1,236 @@
+"""Datasets: ``build_datasets(cfg, train_tf, eval_tf)`` gives train/val (and test when there is one) + class names.
+
+Every loader hands out RGB PIL images: real collections mix greyscale, palette, RGBA and CMYK files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from tl.config import DataConfig
+from tl.errors import TLError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+VAL_FOLDER_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class DatasetBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    class_names: list[str]
+    fingerprint: str  # identifies the data a run saw (file list + sizes, or the generator's settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Built-in synthetic set
+# --------------------------------------------------------------------------------------------------
+
+_SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar")
+
+
+class SyntheticShapes(Dataset):
+    """Coloured shapes on a noisy background, drawn on the fly and identical for a given seed.
+
+    Class ``k`` is a shape (``_SHAPES[k % 6]``) in its own hue, striped for every second block of six
+    classes; position, size, background and pixel noise are random per image. Colour alone or shape
+    alone separates most classes, so a working loop learns it in a few epochs and a broken one does not.
+    """
+
+    def __init__(self, *, num_classes: int, per_class: int, size: int, seed: int, split: str,
+                 transform: Callable | None = None) -> None:
+        self.num_classes = num_classes
+        self.per_class = per_class
+        self.size = size
+        self.seed = seed
+        self.split_id = {"train": 0, "val": 1, "test": 2}[split]
+        self.transform = transform
+        self.classes = [f"{_SHAPES[k % len(_SHAPES)]}_{k}" for k in range(num_classes)]
+        self.targets = [i % num_classes for i in range(num_classes * per_class)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _class_colour(self, label: int) -> np.ndarray:
+        hue = (label * 0.618034) % 1.0  # golden-ratio steps spread hues evenly for any class count
+        rgb = np.array([math.cos(2 * math.pi * (hue - offset)) for offset in (0.0, 1 / 3, 2 / 3)])
+        return 128 + 110 * rgb
+
+    def draw(self, index: int) -> Image.Image:
+        label = self.targets[index]
+        rng = np.random.default_rng([self.seed, self.split_id, index])
+        s = self.size
+        background = rng.uniform(20, 90, size=3)
+        pixels = np.clip(background + rng.normal(0, 12, size=(s, s, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        colour = tuple(int(c) for c in np.clip(self._class_colour(label) + rng.normal(0, 12, size=3), 0, 255))
+        extent = rng.uniform(0.45, 0.75) * s
+        x0, y0 = rng.uniform(0, s - extent, size=2)
+        box = (x0, y0, x0 + extent, y0 + extent)
+        shape = _SHAPES[label % len(_SHAPES)]
+        if shape == "disc":
+            draw.ellipse(box, fill=colour)
+        elif shape == "square":
+            draw.rectangle(box, fill=colour)
+        elif shape == "triangle":
+            draw.polygon([(x0 + extent / 2, y0), (x0, y0 + extent), (x0 + extent, y0 + extent)], fill=colour)
+        elif shape == "cross":
+            w = extent / 3
+            draw.rectangle((x0 + w, y0, x0 + 2 * w, y0 + extent), fill=colour)
+            draw.rectangle((x0, y0 + w, x0 + extent, y0 + 2 * w), fill=colour)
+        elif shape == "ring":
+            draw.ellipse(box, outline=colour, width=max(2, int(extent / 6)))
+        else:  # bar
+            draw.rectangle((x0, y0 + extent / 3, x0 + extent, y0 + 2 * extent / 3), fill=colour)
+        if (label // len(_SHAPES)) % 2 == 1:  # stripes: the texture cue for the second block of classes
+            for y in range(int(y0), int(y0 + extent), 4):
+                draw.line((x0, y, x0 + extent, y), fill=tuple(int(c * 0.4) for c in colour), width=1)
+        return image
+
+    def __getitem__(self, index: int):
+        image = self.draw(index)
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
+    common = dict(num_classes=cfg.synthetic_classes, size=cfg.synthetic_size, seed=seed)
+    train = SyntheticShapes(per_class=cfg.synthetic_per_class, split="train", transform=train_tf, **common)
+    eval_count = max(2, cfg.synthetic_per_class // 4)
+    val = SyntheticShapes(per_class=eval_count, split="val", transform=eval_tf, **common)
+    test = SyntheticShapes(per_class=eval_count, split="test", transform=eval_tf, **common)
+    fingerprint = f"synthetic:{cfg.synthetic_classes}x{cfg.synthetic_per_class}@{cfg.synthetic_size}:seed{seed}"
+    return DatasetBundle(train, val, test, train.classes, fingerprint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders of images
+# --------------------------------------------------------------------------------------------------
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any image file as RGB; a file PIL cannot read becomes a one-line TLError."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale down to 8 bits
+                image = image.point(lambda v: v / 256).convert("L")
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TLError(f"cannot read image {path}: {exc}", "remove or replace the file, then run again")
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs read with ``load_rgb``; class indices come from the caller, not from the folder."""
+
+    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform: Callable | None = None) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.targets = [label for _, label in samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in a stable order; hidden files are skipped."""
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found)
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _samples(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in _class_folders(root):
+        if name not in index:
+            raise TLError(f"{root / name} is a class that {root.parent / 'train'} does not have",
+                          "every class in val/ and test/ must also be a folder in train/")
+        samples += [(path, index[name]) for path in list_images(root / name)]
+    return samples
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): ``fraction`` of every class held out, at least one where a class has two."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    rng = random.Random(seed)
+    kept, held = [], []
+    for label in sorted(by_class):
+        indices = by_class[label][:]
+        rng.shuffle(indices)
+        n_held = max(1, round(len(indices) * fraction)) if len(indices) >= 2 else 0
+        held += indices[:n_held]
+        kept += indices[n_held:]
+    return sorted(kept), sorted(held)
+
+
+def _fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path, label in samples:
+        digest.update(f"{path.relative_to(root)}\t{label}\t{path.stat().st_size}\n".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
+    root = Path(cfg.data_dir or "")
+    if not root.is_dir():
+        raise TLError(f"--data-dir: {root} is not a folder", "pass the folder that holds train/ and val/ (or one folder per class)")
+    val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    if (root / "train").is_dir():
+        classes = _class_folders(root / "train")
+        train_samples = _samples(root / "train", classes)
+        if val_dir is not None:
+            val_samples = _samples(val_dir, classes)
+        else:  # train/ without val/: hold out part of train/
+            kept, held = stratified_split([l for _, l in train_samples], cfg.val_fraction, seed)
+            train_samples, val_samples = [train_samples[i] for i in kept], [train_samples[i] for i in held]
+        test_samples = _samples(root / "test", classes) if (root / "test").is_dir() else None
+    else:  # one folder per class: split it
+        classes = _class_folders(root)
+        everything = _samples(root, classes)
+        kept, held = stratified_split([l for _, l in everything], cfg.val_fraction, seed)
+        train_samples, val_samples, test_samples = [everything[i] for i in kept], [everything[i] for i in held], None
+    if len(classes) < 2:
+        raise TLError(f"--data-dir: {root} has {len(classes)} class folder(s)",
+                      "expected DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg with at least two classes")
+    if not train_samples:
+        raise TLError(f"--data-dir: no images found under {root}", f"supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
+    if not val_samples:
+        raise TLError(f"--data-dir: no validation images under {root}", "add val/<class>/ folders or more images per class")
+    all_samples = train_samples + val_samples + (test_samples or [])
+    return DatasetBundle(
+        ImageFiles(train_samples, classes, train_tf),
+        ImageFiles(val_samples, classes, eval_tf),
+        ImageFiles(test_samples, classes, eval_tf) if test_samples else None,
+        classes,
+        _fingerprint(all_samples, root),
+    )
+
+
+_BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder}
+
+
+def build_datasets(cfg: DataConfig, *, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
+    return _BUILDERS[cfg.dataset](cfg, seed, train_tf, eval_tf)

@@ -1,0 +1,124 @@
+"""The per-batch loops: ``train_one_epoch`` and ``evaluate``.
+
+Metrics are summed on the device and reduced once per epoch: calling ``.item()`` on every step would make
+the host wait for the accelerator each time. The only sync inside an epoch is when progress is shown.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from tl.progress import EpochProgress
+
+
+@dataclass
+class TrainContext:
+    """What the training loop needs beyond model and data; built once per run by ``train.run``."""
+
+    accelerator: Accelerator
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    lr_at: Callable[[int], float]  # optimizer step -> lr factor
+    set_lr: Callable[[torch.optim.Optimizer, float], float]
+    clip_grad: float | None = None
+    aux_loss_weight: float = 0.4
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    log_every: int = 20
+
+
+def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits, auxiliary logits) from whatever the model returned (inception/googlenet return tuples in train mode)."""
+    if isinstance(output, torch.Tensor):
+        return output, []
+    logits, *aux = output
+    return logits, [a for a in aux if a is not None]
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
+
+
+def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, description: str) -> tuple[dict, int]:
+    """One pass over ``loader``; returns (metrics reduced over all processes, the next optimizer step)."""
+    accelerator = ctx.accelerator
+    device = accelerator.device
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+    data_wait = 0.0
+    progress = EpochProgress(description=description, total=len(loader), enabled=accelerator.is_main_process, every=ctx.log_every)
+    start = last = time.perf_counter()
+    lr = ctx.set_lr(ctx.optimizer, ctx.lr_at(step))
+    for batch_index, (images, labels) in enumerate(loader, start=1):
+        data_wait += time.perf_counter() - last
+        with accelerator.accumulate(model):
+            logits, aux = split_outputs(model(images))
+            loss = ctx.loss_fn(logits, labels)
+            for aux_logits in aux:
+                loss = loss + ctx.aux_loss_weight * ctx.loss_fn(aux_logits, labels)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                lr = ctx.set_lr(ctx.optimizer, ctx.lr_at(step))
+                if ctx.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+            ctx.optimizer.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            step += 1
+            if ctx.ema is not None:
+                ctx.ema.update_parameters(accelerator.unwrap_model(model))
+        n = labels.shape[0]
+        sums += torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == labels).sum().double(),
+                             torch.tensor(n, device=device, dtype=torch.float64)])
+        if progress.wants_stats(batch_index):
+            loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
+            rate = sums[2].item() * accelerator.num_processes / (time.perf_counter() - start)
+            progress.update(batch_index, f"loss {loss_avg:.4f} acc {acc:.3f} lr {lr:.2e} {rate:.1f} img/s")
+        else:
+            progress.update(batch_index)
+        last = time.perf_counter()
+    progress.close()
+    seconds = time.perf_counter() - start
+    total = accelerator.reduce(sums, reduction="sum")
+    count = total[2].item()
+    return {
+        "train_loss": total[0].item() / max(count, 1),
+        "train_top1": total[1].item() / max(count, 1),
+        "lr": lr,
+        "train_images_per_s": count / seconds,
+        "train_seconds": seconds,
+        "data_wait_share": data_wait / seconds,
+    }, step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str = "val") -> dict:
+    """Loss, top-1, top-5 over the whole split. ``gather_for_metrics`` on every batch drops the samples the
+    distributed sampler padded in, so each image counts exactly once whatever the world size."""
+    model.eval()  # the caller puts it back into (strategy-aware) train mode at the next epoch
+    sums = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n
+    start = time.perf_counter()
+    for images, labels in loader:
+        logits = split_outputs(model(images))[0]
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        logits = logits.float()
+        sums += torch.stack([
+            nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+            _topk_correct(logits, labels, 1).double(),
+            _topk_correct(logits, labels, 5).double(),
+            torch.tensor(labels.shape[0], device=sums.device, dtype=torch.float64),
+        ])
+    loss_sum, correct1, correct5, count = sums.tolist()
+    count = max(count, 1)
+    return {
+        f"{prefix}_loss": loss_sum / count,
+        f"{prefix}_top1": correct1 / count,
+        f"{prefix}_top5": correct5 / count,
+        f"{prefix}_count": int(sums[3].item()),
+        f"{prefix}_seconds": time.perf_counter() - start,
+    }

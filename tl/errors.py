@@ -1,0 +1,18 @@
+"""The one exception type users see: a problem and its fix, printed as two short lines."""
+
+from __future__ import annotations
+
+
+class TLError(Exception):
+    """An error caused by the user's input or environment, not by a bug in tl.
+
+    The CLI prints ``message`` and ``hint`` without a traceback (set ``TL_DEBUG=1`` to see it).
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,0 +1,60 @@
+"""Progress for people: a rich bar on a terminal, a plain line every N steps in batch logs, nothing on other ranks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+log = logging.getLogger("tl")
+console = Console(stderr=True)
+
+
+def setup_logging(is_main: bool) -> None:
+    """One plain line per message on the main process; warnings only elsewhere."""
+    logger = logging.getLogger("tl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+
+
+class EpochProgress:
+    """Reports one epoch's steps. ``update`` is cheap; values are only formatted when shown."""
+
+    def __init__(self, *, description: str, total: int, enabled: bool, every: int) -> None:
+        self.description = description
+        self.total = total
+        self.every = every
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.bar: Progress | None = None
+        if enabled and console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+            )
+            self.task = self.bar.add_task(description, total=total, stats="")
+            self.bar.start()
+
+    def wants_stats(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) will be shown: the caller syncs with the device only then."""
+        return self.enabled and (step % self.every == 0 or step == self.total)
+
+    def update(self, step: int, stats: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, stats=stats if stats else self.bar.tasks[0].fields["stats"])
+        elif stats:
+            elapsed = time.perf_counter() - self.start
+            log.info(f"{self.description} {step}/{self.total} {stats} ({elapsed:.0f}s)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

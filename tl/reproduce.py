@@ -1,0 +1,28 @@
+"""``tl reproduce RUN``: run a training again from the config.json it wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tl.errors import TLError
+
+
+def command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (it holds config.json).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where the new run goes; default RUN/reproduce.")] = None,
+) -> None:
+    """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
+    from tl.config import TrainConfig
+    from tl.train import run
+
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise TLError(f"no config.json in {run_dir}", "pass the --out folder of a tl train run")
+    record = json.loads(config_file.read_text())
+    cfg = TrainConfig.from_dict(record["config"])
+    cfg.run.out = str(out or run_dir / "reproduce")
+    run(cfg, expect_fingerprint=record.get("data_fingerprint"))
