@@ -17,7 +17,7 @@ STRATEGIES = ("full", "linear", "partial", "gradual", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 HEADS = ("linear", "mlp")
-HEAD_NORMS = ("batchnorm", "none")
+HEAD_NORMS = ("standardize", "batchnorm", "none")
 AUGMENTS = ("basic", "none")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -73,7 +73,7 @@ class ModelConfig:
     weights: str = "none"  # none | DEFAULT | a torchvision enum name | a local file
     head: str = "linear"
     head_hidden: int = 256
-    head_norm: str = "batchnorm"
+    head_norm: str = "standardize"
     dropout: float = 0.0
     cut_at: str | None = None
     aux_loss_weight: float = 0.4  # inception_v3 / googlenet auxiliary heads
@@ -92,11 +92,13 @@ class FinetuneConfig:
     strategy: str = "full"
     freeze_depth: int = 0
     unfreeze_epoch: int = 1
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = 0.01  # pretrained features move slowly; applies only with pretrained weights
     freeze_bn: bool = False
+    backbone_warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         _choice(self.strategy, "--strategy", STRATEGIES)
+        _require(self.backbone_warmup_epochs >= 0, "--backbone-warmup-epochs", "must be >= 0")
         _require(self.freeze_depth >= 0, "--freeze-depth", "must be >= 0")
         _require(
             self.strategy != "partial" or self.freeze_depth > 0,
@@ -110,11 +112,13 @@ class FinetuneConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.01
+    # AdamW: its per-parameter step size copes with badly scaled pretrained nets (squeezenet's activations are
+    # in the tens) where SGD at the tutorial's rate wrecks the backbone in a dozen steps.
+    optimizer: str = "adamw"
+    lr: float = 1e-3
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.01
     scheduler: str = "cosine"
     warmup_epochs: float = 0.0
     step_size: int = 10
@@ -154,6 +158,7 @@ class RunConfig:
     early_stop_patience: int = 0  # 0: off
     log_with: str | None = None
     log_every: int = 20
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs", "must be at least 1")
@@ -185,24 +190,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        """Inverse of ``to_dict`` (``config.json``'s ``config`` section); unknown keys are an error, missing ones default."""
+        sections = {"data": DataConfig, "model": ModelConfig, "finetune": FinetuneConfig, "optim": OptimConfig, "run": RunConfig}
         kwargs = {}
-        for name, section_cls in (
-            ("data", DataConfig),
-            ("model", ModelConfig),
-            ("finetune", FinetuneConfig),
-            ("optim", OptimConfig),
-            ("run", RunConfig),
-        ):
+        for name, section_cls in sections.items():
             values = dict(raw.get(name, {}))
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            unknown = set(values) - known
+            unknown = set(values) - {f.name for f in dataclasses.fields(section_cls)}
             if unknown:
-                raise TLError(f"config section {name!r} has unknown keys {sorted(unknown)}",
-                              "was it written by a newer tl?")
+                raise TLError(f"config section {name!r} has unknown keys {sorted(unknown)}", "was it written by a newer tl?")
             for key in ("mean", "std"):
                 if values.get(key) is not None:
                     values[key] = tuple(values[key])
             kwargs[name] = section_cls(**values)
-        assert set(kwargs) == set(sections)
         return cls(**kwargs)

@@ -6,6 +6,7 @@ Every loader hands out RGB PIL images: real collections mix greyscale, palette, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from torch.utils.data import Dataset
 
 from tl.config import DataConfig
 from tl.errors import TLError
+
+log = logging.getLogger("tl")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
@@ -100,7 +103,7 @@ class SyntheticShapes(Dataset):
 
     def __getitem__(self, index: int):
         image = self.draw(index)
-        return (self.transform(image) if self.transform else image), self.targets[index]
+        return (self.transform(image) if self.transform else image), self.targets[index], True
 
 
 def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
@@ -143,9 +146,16 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        """(image, label, readable). An unreadable file becomes a black stand-in marked unreadable, so batches
+        keep their shape on every process (a rank skipping a step would hang the others) and the loss and
+        metrics leave it out."""
         path, label = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else image), label
+        try:
+            image, readable = load_rgb(path), True
+        except TLError as error:
+            log.warning(f"skipping unreadable image: {error.message}")
+            image, readable = Image.new("RGB", (8, 8)), False
+        return (self.transform(image) if self.transform else image), label, readable
 
 
 def list_images(folder: Path) -> list[Path]:

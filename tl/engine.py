@@ -24,8 +24,7 @@ class TrainContext:
     accelerator: Accelerator
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
-    lr_at: Callable[[int], float]  # optimizer step -> lr factor
-    set_lr: Callable[[torch.optim.Optimizer, float], float]
+    apply_lr: Callable[[torch.optim.Optimizer, int], float]  # set the rates for an optimizer step; returns the head's
     clip_grad: float | None = None
     aux_loss_weight: float = 0.4
     ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -40,30 +39,36 @@ def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return logits, [a for a in aux if a is not None]
 
 
-def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int, weight: torch.Tensor) -> torch.Tensor:
     k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
+    return ((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1) * weight).sum()
+
+
+def masked_mean(per_sample: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over the readable samples of a batch (0 when there are none, so every rank still steps)."""
+    return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, description: str) -> tuple[dict, int]:
     """One pass over ``loader``; returns (metrics reduced over all processes, the next optimizer step)."""
     accelerator = ctx.accelerator
     device = accelerator.device
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, correct, n, unreadable
     data_wait = 0.0
     progress = EpochProgress(description=description, total=len(loader), enabled=accelerator.is_main_process, every=ctx.log_every)
     start = last = time.perf_counter()
-    lr = ctx.set_lr(ctx.optimizer, ctx.lr_at(step))
-    for batch_index, (images, labels) in enumerate(loader, start=1):
+    lr = ctx.apply_lr(ctx.optimizer, step)
+    for batch_index, (images, labels, readable) in enumerate(loader, start=1):
         data_wait += time.perf_counter() - last
+        weight = readable.to(torch.float32)
         with accelerator.accumulate(model):
             logits, aux = split_outputs(model(images))
-            loss = ctx.loss_fn(logits, labels)
+            loss = masked_mean(ctx.loss_fn(logits, labels), weight)
             for aux_logits in aux:
-                loss = loss + ctx.aux_loss_weight * ctx.loss_fn(aux_logits, labels)
+                loss = loss + ctx.aux_loss_weight * masked_mean(ctx.loss_fn(aux_logits, labels), weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                lr = ctx.set_lr(ctx.optimizer, ctx.lr_at(step))
+                lr = ctx.apply_lr(ctx.optimizer, step)
                 if ctx.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), ctx.clip_grad)
             ctx.optimizer.step()
@@ -72,9 +77,9 @@ def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, d
             step += 1
             if ctx.ema is not None:
                 ctx.ema.update_parameters(accelerator.unwrap_model(model))
-        n = labels.shape[0]
-        sums += torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == labels).sum().double(),
-                             torch.tensor(n, device=device, dtype=torch.float64)])
+        n = weight.sum()
+        sums += torch.stack([loss.detach().double() * n, ((logits.detach().argmax(1) == labels) * readable).sum().double(),
+                             n.double(), (readable.numel() - n).double()])
         if progress.wants_stats(batch_index):
             loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
             rate = sums[2].item() * accelerator.num_processes / (time.perf_counter() - start)
@@ -93,6 +98,7 @@ def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, d
         "train_images_per_s": count / seconds,
         "train_seconds": seconds,
         "data_wait_share": data_wait / seconds,
+        "train_unreadable": int(total[3].item()),
     }, step
 
 
@@ -101,24 +107,26 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str 
     """Loss, top-1, top-5 over the whole split. ``gather_for_metrics`` on every batch drops the samples the
     distributed sampler padded in, so each image counts exactly once whatever the world size."""
     model.eval()  # the caller puts it back into (strategy-aware) train mode at the next epoch
-    sums = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n
+    sums = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n, unreadable
     start = time.perf_counter()
-    for images, labels in loader:
+    for images, labels, readable in loader:
         logits = split_outputs(model(images))[0]
-        logits, labels = accelerator.gather_for_metrics((logits, labels))
-        logits = logits.float()
+        logits, labels, readable = accelerator.gather_for_metrics((logits, labels, readable))
+        logits, weight = logits.float(), readable.to(torch.float32)
         sums += torch.stack([
-            nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-            _topk_correct(logits, labels, 1).double(),
-            _topk_correct(logits, labels, 5).double(),
-            torch.tensor(labels.shape[0], device=sums.device, dtype=torch.float64),
+            (nn.functional.cross_entropy(logits, labels, reduction="none") * weight).sum().double(),
+            _topk_correct(logits, labels, 1, weight).double(),
+            _topk_correct(logits, labels, 5, weight).double(),
+            weight.sum().double(),
+            (weight.numel() - weight.sum()).double(),
         ])
-    loss_sum, correct1, correct5, count = sums.tolist()
+    loss_sum, correct1, correct5, count, unreadable = sums.tolist()
     count = max(count, 1)
     return {
         f"{prefix}_loss": loss_sum / count,
         f"{prefix}_top1": correct1 / count,
         f"{prefix}_top5": correct5 / count,
         f"{prefix}_count": int(sums[3].item()),
+        f"{prefix}_unreadable": int(unreadable),
         f"{prefix}_seconds": time.perf_counter() - start,
     }

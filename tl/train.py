@@ -27,20 +27,23 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.finetune import phase_for_epoch, resolve_auto, set_train_mode
     from tl.heads import HeadSpec
     from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model, check_arch, default_sizes
-    from tl.optim import Plateau, lr_factor, set_lr
+    from tl.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.progress import log, setup_logging
     from tl.transforms import eval_transform, train_transform
 
+    out = Path(cfg.run.out)
+    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size and not cfg.run.overwrite:
+        raise TLError(f"--out: {out} already holds a run", "choose another --out, or pass --overwrite to replace it")
     accelerator = distributed.make_accelerator(cfg)
     setup_logging(accelerator.is_main_process)
     set_seed(cfg.run.seed)
-    out = Path(cfg.run.out)
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     check_arch(cfg.model.arch)
     size, resize = default_sizes(cfg.model.arch)
-    if cfg.data.image_size:
-        size, resize = cfg.data.image_size, round(cfg.data.image_size / 0.875)
+    image_size = cfg.data.image_size or (cfg.data.synthetic_size if cfg.data.dataset == "synthetic" else None)
+    if image_size:  # the synthetic set is small on purpose: upscaling it to 224 px would only cost time
+        size, resize = image_size, round(image_size / 0.875)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
     with accelerator.main_process_first():
@@ -77,11 +80,13 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     schedule = dict(kind=o.scheduler, total_steps=steps_per_epoch * cfg.run.epochs,
                     warmup_steps=round(o.warmup_epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch,
                     step_size=o.step_size, gamma=o.gamma)
+    backbone_warmup_steps = round(cfg.finetune.backbone_warmup_epochs * steps_per_epoch) if pretrained else 0
     plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions)
     ctx = TrainContext(
         accelerator=accelerator, optimizer=optimizer,
-        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing),
-        lr_at=lambda step: lr_factor(step, **schedule) * plateau.multiplier, set_lr=set_lr,
+        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none"),
+        apply_lr=lambda optimizer, step: set_lr(optimizer, lr_factor(step, **schedule) * plateau.multiplier,
+                                                backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
     )
 
@@ -100,8 +105,6 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             phase = phase_at(epoch)
             log.info(f"epoch {epoch + 1}: unfreezing the backbone ({phase.strategy})")
             model, ctx.optimizer = distributed.prepare_phase(accelerator, model, phase, cfg, backbone_lr_mult, ctx.optimizer)
-            if ema is not None:
-                ema.module.requires_grad_(False)
         set_train_mode(accelerator.unwrap_model(model), phase, freeze_bn=cfg.finetune.freeze_bn)
         metrics, step = train_one_epoch(model, train_loader, ctx, step=step, description=f"epoch {epoch + 1}/{cfg.run.epochs}")
         metrics = {"epoch": epoch + 1, "step": step, **metrics, **evaluate(model, val_loader, accelerator)}

@@ -50,7 +50,7 @@ def command(
     weights: Annotated[str, typer.Option(help="none | DEFAULT | a torchvision weights name (IMAGENET1K_V1) | PATH to .safetensors/.pth or a tl checkpoint.", rich_help_panel=MODEL)] = ModelConfig.weights,
     head: Annotated[Head, typer.Option(help="New classifier head.", rich_help_panel=MODEL)] = Head(ModelConfig.head),
     head_hidden: Annotated[int, typer.Option(help="Hidden width of the mlp head.", rich_help_panel=MODEL)] = ModelConfig.head_hidden,
-    head_norm: Annotated[HeadNorm, typer.Option(help="Normalise pooled features before the head (BatchNorm without affine).", rich_help_panel=MODEL)] = HeadNorm(ModelConfig.head_norm),
+    head_norm: Annotated[HeadNorm, typer.Option(help="Normalise pooled features before the head: running standardisation, BatchNorm without affine, or none.", rich_help_panel=MODEL)] = HeadNorm(ModelConfig.head_norm),
     dropout: Annotated[float, typer.Option(help="Dropout in the head.", rich_help_panel=MODEL)] = ModelConfig.dropout,
     cut_at: Annotated[Optional[str], typer.Option(help="Take features from this earlier layer (e.g. layer3), global-pooled.", rich_help_panel=MODEL)] = ModelConfig.cut_at,
     aux_loss_weight: Annotated[float, typer.Option(help="Weight of inception_v3/googlenet auxiliary losses.", rich_help_panel=MODEL)] = ModelConfig.aux_loss_weight,
@@ -71,6 +71,7 @@ def command(
     freeze_depth: Annotated[int, typer.Option(help="partial: number of leading stages to freeze.", rich_help_panel=TUNE)] = FinetuneConfig.freeze_depth,
     unfreeze_epoch: Annotated[int, typer.Option(help="gradual: epochs of head-only training before the backbone joins.", rich_help_panel=TUNE)] = FinetuneConfig.unfreeze_epoch,
     backbone_lr_mult: Annotated[float, typer.Option(help="Backbone lr = lr x this (with pretrained weights).", rich_help_panel=TUNE)] = FinetuneConfig.backbone_lr_mult,
+    backbone_warmup_epochs: Annotated[float, typer.Option(help="Ramp the backbone's lr up from 0 over this many epochs while the head trains (pretrained weights only).", rich_help_panel=TUNE)] = FinetuneConfig.backbone_warmup_epochs,
     freeze_bn: Annotated[bool, typer.Option(help="Keep every backbone BatchNorm in inference mode.", rich_help_panel=TUNE)] = FinetuneConfig.freeze_bn,
     optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.", rich_help_panel=OPTIM)] = Optimizer(OptimConfig.optimizer),
     lr: Annotated[float, typer.Option(help="Learning rate of the head.", rich_help_panel=OPTIM)] = OptimConfig.lr,
@@ -95,6 +96,7 @@ def command(
     early_stop_patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better val top-1 (0: off).", rich_help_panel=RUN)] = RunConfig.early_stop_patience,
     log_with: Annotated[Optional[Tracker], typer.Option(help="Also send metrics to this tracker.", rich_help_panel=RUN)] = None,
     log_every: Annotated[int, typer.Option(help="Show progress every N steps.", rich_help_panel=RUN)] = RunConfig.log_every,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run already in --out.", rich_help_panel=RUN)] = RunConfig.overwrite,
 ) -> None:
     """Fine-tune an ImageNet classifier on your classes.
 
@@ -113,13 +115,15 @@ def command(
         model=ModelConfig(arch=arch, weights=weights, head=head.value, head_hidden=head_hidden, head_norm=head_norm.value,
                           dropout=dropout, cut_at=cut_at, aux_loss_weight=aux_loss_weight),
         finetune=FinetuneConfig(strategy=strategy.value, freeze_depth=freeze_depth, unfreeze_epoch=unfreeze_epoch,
-                                backbone_lr_mult=backbone_lr_mult, freeze_bn=freeze_bn),
+                                backbone_lr_mult=backbone_lr_mult, freeze_bn=freeze_bn,
+                                backbone_warmup_epochs=backbone_warmup_epochs),
         optim=OptimConfig(optimizer=optimizer.value, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                           scheduler=scheduler.value, warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma,
                           plateau_factor=plateau_factor, plateau_patience=plateau_patience, max_reductions=max_reductions,
                           label_smoothing=label_smoothing, grad_accum=grad_accum, clip_grad=clip_grad, ema=ema),
         run=RunConfig(out=str(out), epochs=epochs, seed=seed, mixed_precision=mixed_precision.value if mixed_precision else None,
-                      early_stop_patience=early_stop_patience, log_with=log_with.value if log_with else None, log_every=log_every),
+                      early_stop_patience=early_stop_patience, log_with=log_with.value if log_with else None, log_every=log_every,
+                      overwrite=overwrite),
     )
     from tl.train import run
 

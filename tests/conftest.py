@@ -1,0 +1,61 @@
+"""Shared test helpers: tiny real data written in real on-disk formats, and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("RGB", "L", "P", "RGBA")  # real folders mix these; every loader must hand out RGB
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: int = 16, mode: str = "RGB", seed: int = 0) -> Path:
+    """A small noisy image of one dominant colour, saved in ``mode`` with the format the suffix implies."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 20, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels).convert(mode) if mode != "RGB" else Image.fromarray(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int, *,
+                      splits=("train", "val"), size: int = 16, mixed_modes: bool = True) -> Path:
+    """``root/<split>/<class>/img_N.png`` (some GIF/JPEG, in several colour modes), like torchvision's test helper."""
+    for split_index, split in enumerate(splits):
+        for class_index, (name, colour) in enumerate(classes.items()):
+            for i in range(per_class):
+                mode = MODES[i % len(MODES)] if mixed_modes else "RGB"
+                suffix = {"P": ".gif", "RGB": ".jpg"}.get(mode, ".png")
+                write_image(root / split / name / f"img_{i}{suffix}", colour, size, mode,
+                            seed=1000 * split_index + 100 * class_index + i)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}, 6)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def cli(*args: str):
+    """Invoke the real `tl` Typer app in-process; returns the click Result (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from tl.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+TINY = ("--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16", "--log-every", "1000")

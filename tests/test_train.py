@@ -1,0 +1,141 @@
+"""End-to-end runs of the real `tl train` on tiny real data: outputs, accuracy, strategies, reproduce."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from tests.conftest import TINY, cli, read_metrics
+from tl.checkpoint import load_checkpoint, read_meta
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "synthetic"
+    result = cli("train", *TINY, "--dataset", "synthetic", "--synthetic-classes", "4", "--synthetic-per-class", "40",
+                 "--epochs", "3", "--lr", "0.003", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out, result.output
+
+
+def test_synthetic_run_learns(synthetic_run):
+    out, _ = synthetic_run
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    best = max(m["val_top1"] for m in metrics)
+    assert best >= 0.8, f"4-class synthetic set should be learnt (chance is 0.25), got {best}"
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "train_images_per_s", "train_seconds"):
+        assert key in metrics[0]
+
+
+def test_run_writes_every_output(synthetic_run):
+    out, output = synthetic_run
+    for name in ("config.json", "metrics.jsonl", "best/model.safetensors", "best/tl.json", "last/model.safetensors", "last/tl.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["model"]["arch"] == "resnet18"
+    assert config["versions"]["torch"] and config["data_fingerprint"].startswith("synthetic:")
+    assert config["class_names"] == ["disc_0", "square_1", "triangle_2", "cross_3"]
+    meta = read_meta(out / "best")
+    assert meta["class_names"] == config["class_names"] and meta["input_size"] == 32 and meta["arch"] == "resnet18"
+    assert len(meta["mean"]) == 3 and meta["metrics"]["val_top1"] == max(m["val_top1"] for m in read_metrics(out))
+    with safe_open(str(out / "best" / "model.safetensors"), framework="pt") as handle:
+        assert json.loads(handle.metadata()["tl"])["class_names"] == config["class_names"]  # the file alone suffices
+    assert "best val top-1" in output
+
+
+def test_checkpoint_rebuilds_the_trained_model(synthetic_run):
+    import torch
+
+    from tl.checkpoint import checkpoint_state
+
+    out, _ = synthetic_run
+    model, meta = load_checkpoint(out / "best")
+    saved = checkpoint_state(out / "best")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_reproduce_gives_the_same_metrics(synthetic_run, tmp_path):
+    out, _ = synthetic_run
+    result = cli("reproduce", out, "--out", tmp_path / "again")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    first, again = read_metrics(out), read_metrics(tmp_path / "again")
+    for a, b in zip(first, again):
+        assert a["val_top1"] == b["val_top1"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+
+
+def test_imagefolder_mixed_modes_run(image_folder, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", image_folder, "--epochs", "2",
+                 "--batch-size", "6", "--out", out, "--head", "mlp", "--head-hidden", "16", "--dropout", "0.2")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = read_metrics(out)
+    assert metrics[-1]["val_count"] == 18
+    assert read_meta(out / "best")["class_names"] == ["blue", "green", "red"]
+    assert read_meta(out / "best")["head"]["kind"] == "mlp"
+
+
+def test_gradual_unfreezes_the_backbone(tmp_path):
+    import torch
+
+    from tl.checkpoint import checkpoint_state
+
+    out = tmp_path / "gradual"
+    args = (*TINY, "--dataset", "synthetic", "--synthetic-per-class", "16", "--strategy", "gradual", "--unfreeze-epoch", "1")
+    assert cli("train", *args, "--epochs", "2", "--out", out).exit_code == 0
+    after_head_only = tmp_path / "head_only"
+    assert cli("train", *args, "--epochs", "2", "--strategy", "linear", "--out", after_head_only).exit_code == 0
+    gradual, linear = checkpoint_state(out / "last"), checkpoint_state(after_head_only / "last")
+    from tl.models import build_model
+
+    torch.manual_seed(0)
+    assert not torch.equal(gradual["layer1.0.conv1.weight"], linear["layer1.0.conv1.weight"])  # backbone trained in epoch 2
+    assert torch.equal(linear["layer1.0.bn1.running_mean"], build_model("resnet18", 4)[0].state_dict()["layer1.0.bn1.running_mean"])
+
+
+def test_ema_plateau_and_early_stop(tmp_path):
+    out = tmp_path / "ema"
+    result = cli("train", *TINY, "--dataset", "synthetic", "--synthetic-per-class", "16", "--epochs", "6", "--ema", "0.9",
+                 "--scheduler", "plateau", "--plateau-patience", "0", "--max-reductions", "1", "--lr", "1e-6", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = read_metrics(out)
+    assert "ema_val_top1" in metrics[0] and (out / "ema" / "model.safetensors").is_file()
+    assert len(metrics) < 6 and metrics[-1]["lr_reductions"] == 1  # stopped after the first reduction
+
+
+def test_config_errors_name_the_flag(tmp_path):
+    result = cli("train", "--lr", "-1", "--out", tmp_path / "x")
+    assert result.exit_code != 0 and "--lr" in str(result.exception)
+    result = cli("train", "--dataset", "imagefolder", "--out", tmp_path / "x")
+    assert "--data-dir" in str(result.exception)
+    assert not (tmp_path / "x").exists()
+
+
+def test_fp16_on_cpu_becomes_bf16(tmp_path):
+    out = tmp_path / "fp16"
+    result = cli("train", *TINY, "--dataset", "synthetic", "--synthetic-per-class", "8", "--epochs", "1",
+                 "--mixed-precision", "fp16", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["mixed_precision"] == "bf16"
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path):
+    from accelerate.utils import is_tensorboard_available
+
+    if is_tensorboard_available():
+        pytest.skip("tensorboard is installed here")
+    result = cli("train", *TINY, "--log-with", "tensorboard", "--out", tmp_path / "tb")
+    assert "pip install tensorboard" in str(result.exception)
+
+
+def test_existing_run_is_not_overwritten(synthetic_run):
+    out, _ = synthetic_run
+    before = (out / "metrics.jsonl").read_text()
+    result = cli("train", *TINY, "--epochs", "1", "--out", out)
+    assert "already holds a run" in str(result.exception) and "--overwrite" in result.exception.hint
+    assert (out / "metrics.jsonl").read_text() == before
