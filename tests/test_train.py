@@ -139,3 +139,16 @@ def test_existing_run_is_not_overwritten(synthetic_run):
     result = cli("train", *TINY, "--epochs", "1", "--out", out)
     assert "already holds a run" in str(result.exception) and "--overwrite" in result.exception.hint
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_unreadable_images_are_skipped_and_counted(image_folder, tmp_path):
+    (image_folder / "train" / "red" / "empty.jpg").write_bytes(b"")
+    (image_folder / "train" / "green" / "notes.png").write_text("not an image")
+    (image_folder / "val" / "blue" / "truncated.jpg").write_bytes((image_folder / "val" / "blue" / "img_0.jpg").read_bytes()[:40])
+    out = tmp_path / "bad"
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", image_folder, "--epochs", "1",
+                 "--batch-size", "4", "--augment", "none", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = read_metrics(out)[0]
+    assert metrics["val_unreadable"] == 1 and metrics["val_count"] == 18
+    assert metrics["train_unreadable"] <= 2  # drop_last may leave one out of the epoch

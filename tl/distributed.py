@@ -40,6 +40,11 @@ def resolve_precision(requested: str | None, on_gpu: bool) -> str | None:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator for this machine. Without a GPU it is built for the CPU, so that processes started by
     ``accelerate launch --multi_gpu`` or torchrun form one gloo group instead of each training alone."""
+    from accelerate.state import AcceleratorState
+
+    # The state is a process-wide singleton: a second run in one process (a notebook, `tl reproduce` from
+    # Python, the tests) could not choose another precision. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     on_gpu = has_accelerator_device()
     if cfg.run.log_with:
         check_tracker(cfg.run.log_with)
