@@ -159,6 +159,9 @@ class RunConfig:
     log_with: str | None = None
     log_every: int = 20
     overwrite: bool = False
+    resume: str | None = None  # auto | a state folder
+    save_every_steps: int = 0  # 0: states only at the end of each epoch
+    keep_states: int = 2
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs", "must be at least 1")
@@ -168,6 +171,8 @@ class RunConfig:
         if self.log_with is not None:
             _choice(self.log_with, "--log-with", TRACKERS)
         _require(self.log_every >= 1, "--log-every", "must be at least 1")
+        _require(self.save_every_steps >= 0, "--save-every-steps", "must be >= 0")
+        _require(self.keep_states >= 1, "--keep-states", "must be at least 1")
 
 
 @dataclass

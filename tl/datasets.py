@@ -239,6 +239,42 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     )
 
 
+class EpochSeeded(Dataset):
+    """Draws each sample's augmentation from a seed of its own: (run seed, epoch, index).
+
+    The augmentation an image gets then depends neither on which process or worker loads it nor on what
+    was loaded before, so a run resumed mid-epoch (whose loader prefetched batches the state never saw)
+    continues exactly, and runs with 0 or 8 workers see the same images. The epoch lives in shared
+    memory so persistent workers see it change.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        import torch
+
+        self.base = base
+        self.seed = seed
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        sample_seed = hash((self.seed, int(self._epoch[0]), index)) & 0x7FFF_FFFF_FFFF_FFFF
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.base[index]
+
+    def __getattr__(self, name: str):  # classes, targets, samples: as the wrapped dataset has them
+        if name in ("base", "seed", "_epoch"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
 _BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder}
 
 

@@ -92,12 +92,15 @@ def num_workers(requested: int, num_processes: int) -> int:
 
 def loaders(data: DatasetBundle, cfg: TrainConfig, accelerator: Accelerator) -> tuple[DataLoader, DataLoader]:
     workers = num_workers(cfg.data.num_workers, accelerator.num_processes)
+    # Loaders draw their worker seeds from generators of their own: starting an iterator then leaves the
+    # global RNG (augmentation, dropout) untouched, so a run resumed mid-epoch continues the same stream.
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, num_workers=workers, persistent_workers=workers > 0,
                                   pin_memory=accelerator.device.type == "cuda")
+    seeded = lambda offset: torch.Generator().manual_seed(cfg.run.seed + offset)
     # Full batches only in training: a batch of one breaks BatchNorm (the head's feature norm included).
     drop_last = len(data.train) >= cfg.data.batch_size * accelerator.num_processes
-    train = DataLoader(data.train, shuffle=True, drop_last=drop_last, **common)
-    val = DataLoader(data.val, shuffle=False, **common)
+    train = DataLoader(data.train, shuffle=True, drop_last=drop_last, generator=seeded(1), **common)
+    val = DataLoader(data.val, shuffle=False, generator=seeded(2), **common)
     return train, val
 
 

@@ -49,16 +49,41 @@ def masked_mean(per_sample: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, description: str) -> tuple[dict, int]:
-    """One pass over ``loader``; returns (metrics reduced over all processes, the next optimizer step)."""
+@dataclass
+class EpochResult:
+    metrics: dict | None  # None when ``should_stop`` ended the epoch early
+    step: int  # the next optimizer step
+    batches_done: int  # batches of this epoch consumed, including those skipped on resume
+    sums: torch.Tensor  # running (loss * n, correct, n, unreadable) of this epoch on this process
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    ctx: TrainContext,
+    *,
+    step: int,
+    description: str,
+    start_batch: int = 0,
+    sums: torch.Tensor | None = None,
+    after_step: Callable[[int, int, torch.Tensor], bool] | None = None,
+) -> EpochResult:
+    """One pass over ``loader`` (which already skips ``start_batch`` batches when resuming mid-epoch).
+
+    ``after_step(step, batches_done, sums)`` runs after every optimizer step (periodic saves, stop signals);
+    when it returns True the epoch ends early and ``metrics`` is None.
+    """
     accelerator = ctx.accelerator
     device = accelerator.device
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, correct, n, unreadable
+    sums = sums.to(device) if sums is not None else torch.zeros(4, device=device, dtype=torch.float64)
     data_wait = 0.0
-    progress = EpochProgress(description=description, total=len(loader), enabled=accelerator.is_main_process, every=ctx.log_every)
+    total_batches = len(loader) + start_batch
+    progress = EpochProgress(description=description, total=total_batches, enabled=accelerator.is_main_process, every=ctx.log_every)
     start = last = time.perf_counter()
+    seen_at_start = sums[2].item()
     lr = ctx.apply_lr(ctx.optimizer, step)
-    for batch_index, (images, labels, readable) in enumerate(loader, start=1):
+    batch_index = start_batch
+    for batch_index, (images, labels, readable) in enumerate(loader, start=start_batch + 1):
         data_wait += time.perf_counter() - last
         weight = readable.to(torch.float32)
         with accelerator.accumulate(model):
@@ -73,33 +98,36 @@ def train_one_epoch(model: nn.Module, loader, ctx: TrainContext, *, step: int, d
                     accelerator.clip_grad_norm_(model.parameters(), ctx.clip_grad)
             ctx.optimizer.step()
             ctx.optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            step += 1
-            if ctx.ema is not None:
-                ctx.ema.update_parameters(accelerator.unwrap_model(model))
         n = weight.sum()
         sums += torch.stack([loss.detach().double() * n, ((logits.detach().argmax(1) == labels) * readable).sum().double(),
                              n.double(), (readable.numel() - n).double()])
         if progress.wants_stats(batch_index):
             loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
-            rate = sums[2].item() * accelerator.num_processes / (time.perf_counter() - start)
+            rate = (sums[2].item() - seen_at_start) * accelerator.num_processes / (time.perf_counter() - start)
             progress.update(batch_index, f"loss {loss_avg:.4f} acc {acc:.3f} lr {lr:.2e} {rate:.1f} img/s")
         else:
             progress.update(batch_index)
+        if accelerator.sync_gradients:
+            step += 1
+            if ctx.ema is not None:
+                ctx.ema.update_parameters(accelerator.unwrap_model(model))
+            if after_step is not None and after_step(step, batch_index, sums):
+                progress.close()
+                return EpochResult(None, step, batch_index, sums)
         last = time.perf_counter()
     progress.close()
     seconds = time.perf_counter() - start
     total = accelerator.reduce(sums, reduction="sum")
     count = total[2].item()
-    return {
+    return EpochResult({
         "train_loss": total[0].item() / max(count, 1),
         "train_top1": total[1].item() / max(count, 1),
         "lr": lr,
-        "train_images_per_s": count / seconds,
+        "train_images_per_s": (count - seen_at_start * accelerator.num_processes) / seconds,
         "train_seconds": seconds,
         "data_wait_share": data_wait / seconds,
         "train_unreadable": int(total[3].item()),
-    }, step
+    }, step, batch_index, sums)
 
 
 @torch.no_grad()

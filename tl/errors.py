@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Exit code of a run that saved its state because it was asked to stop (SIGTERM/SIGUSR1, as SLURM sends
+# before a time limit or preemption): sysexits' EX_TEMPFAIL, "try again later". Job scripts requeue on it.
+EXIT_REQUEUE = 75
+
 
 class TLError(Exception):
     """An error caused by the user's input or environment, not by a bug in tl.

@@ -100,6 +100,14 @@ def write_config(path: Path, cfg: TrainConfig, data: DatasetBundle, accelerator:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the lines of the first ``epochs_done`` epochs (a resumed run writes the later ones again)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def record_epoch(out: Path, metrics: dict[str, Any], improved: bool) -> None:
     with open(out / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(metrics) + "\n")

@@ -5,15 +5,15 @@ The same function serves ``tl train``, ``python -m tl.train`` and ``accelerate l
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from tl.config import TrainConfig
-from tl.errors import TLError
+from tl.errors import EXIT_REQUEUE, TLError
 
 
 def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str, Any]:
@@ -21,19 +21,23 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     import torch
     from accelerate.utils import set_seed
 
-    from tl import checkpoint, distributed, report
-    from tl.datasets import build_datasets
+    from tl import checkpoint, distributed, report, state
+    from tl.datasets import EpochSeeded, build_datasets
     from tl.engine import TrainContext, evaluate, train_one_epoch
     from tl.finetune import phase_for_epoch, resolve_auto, set_train_mode
     from tl.heads import HeadSpec
     from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model, check_arch, default_sizes
     from tl.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.progress import log, setup_logging
+    from tl.state import TrainingProgress
     from tl.transforms import eval_transform, train_transform
 
     out = Path(cfg.run.out)
-    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size and not cfg.run.overwrite:
-        raise TLError(f"--out: {out} already holds a run", "choose another --out, or pass --overwrite to replace it")
+    candidates = state.resolve_resume(cfg.run.resume, out)
+    finished_run = (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0
+    if finished_run and not candidates and not cfg.run.overwrite:
+        raise TLError(f"--out: {out} already holds a run",
+                      "continue it with --resume auto, choose another --out, or pass --overwrite to replace it")
     accelerator = distributed.make_accelerator(cfg)
     setup_logging(accelerator.is_main_process)
     set_seed(cfg.run.seed)
@@ -49,6 +53,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     with accelerator.main_process_first():
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf),
                               train_tf=train_transform(**tf, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min))
+    data.train = EpochSeeded(data.train, cfg.run.seed)
+    if candidates:
+        state.check_same_run(out, cfg.to_dict(), data.class_names)
     if expect_fingerprint and expect_fingerprint != data.fingerprint:
         log.warning(f"warning: the data differ from the original run ({data.fingerprint} != {expect_fingerprint})")
 
@@ -66,7 +73,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
 
     train_loader, val_loader = accelerator.prepare(*distributed.loaders(data, cfg, accelerator))
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # per process, after sharding
-    phase = phase_at(0)
+    first_epoch = (state.read_progress(candidates[0]) or TrainingProgress()).epoch if candidates else 0
+    phase = phase_at(first_epoch)  # gradual: a resumed run may already be past the unfreeze
     model, optimizer = distributed.prepare_phase(accelerator, model, phase, cfg, backbone_lr_mult)
     report.print_plan(model=accelerator.unwrap_model(model), info=info, strategy=strategy, reason=reason, data=data,
                        accelerator=accelerator, backbone_lr_mult=backbone_lr_mult)
@@ -76,6 +84,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
     o = cfg.optim
     schedule = dict(kind=o.scheduler, total_steps=steps_per_epoch * cfg.run.epochs,
                     warmup_steps=round(o.warmup_epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch,
@@ -91,47 +100,85 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
+    progress = TrainingProgress()
+    resumed = state.load_training_state(accelerator, candidates) if candidates else None
+    if resumed:
+        resumed_from, progress = resumed
+        plateau = Plateau(**progress.plateau) if progress.plateau else plateau
+        log.info(f"resumed from {resumed_from}: epoch {progress.epoch + 1}, batch {progress.batches_done}, step {progress.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        report.write_config(out / "config.json", cfg, data, accelerator, strategy=strategy,
-                             backbone_lr_mult=backbone_lr_mult, image_size=size)
-        (out / "metrics.jsonl").write_text("")
+        if resumed:  # keep the lines of finished epochs only: a crash after a line but before its state repeats the epoch
+            report.truncate_metrics(out / "metrics.jsonl", progress.epoch)
+        else:
+            shutil.rmtree(state.state_root(out), ignore_errors=True)  # states of a replaced run must not be resumed
+            report.write_config(out / "config.json", cfg, data, accelerator, strategy=strategy,
+                                 backbone_lr_mult=backbone_lr_mult, image_size=size)
+            (out / "metrics.jsonl").write_text("")
     distributed.start_trackers(accelerator, cfg)
 
-    best: dict[str, Any] = {}
-    step, start = 0, time.perf_counter()
-    for epoch in range(cfg.run.epochs):
-        if phase_at(epoch) != phase:  # gradual: the backbone joins, with fresh optimizer state of its own
-            phase = phase_at(epoch)
-            log.info(f"epoch {epoch + 1}: unfreezing the backbone ({phase.strategy})")
-            model, ctx.optimizer = distributed.prepare_phase(accelerator, model, phase, cfg, backbone_lr_mult, ctx.optimizer)
-        set_train_mode(accelerator.unwrap_model(model), phase, freeze_bn=cfg.finetune.freeze_bn)
-        metrics, step = train_one_epoch(model, train_loader, ctx, step=step, description=f"epoch {epoch + 1}/{cfg.run.epochs}")
-        metrics = {"epoch": epoch + 1, "step": step, **metrics, **evaluate(model, val_loader, accelerator)}
-        if ema is not None:
-            metrics.update(evaluate(ema, val_loader, accelerator, prefix="ema_val"))
-        if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
-            log.info(f"val top-1 stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
-        metrics["lr_reductions"] = plateau.reductions
-        improved = not best or (metrics["val_top1"], -metrics["val_loss"]) > (best["val_top1"], -best["val_loss"])
-        if improved:
-            best = metrics
-        if accelerator.is_main_process:
-            report.record_epoch(out, metrics, improved)
-            unwrapped = accelerator.unwrap_model(model)
-            checkpoint.save_checkpoint(out / "last", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
-            if improved:
-                checkpoint.save_checkpoint(out / "best", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
+    def save_state(epoch: int, batches_done: int, step: int, sums: torch.Tensor) -> None:
+        global_sums = accelerator.reduce(sums.clone(), reduction="sum").tolist()
+        snapshot = TrainingProgress(epoch, batches_done, step, global_sums, progress.best, dataclasses.asdict(plateau))
+        state.save_training_state(accelerator, out, snapshot, cfg.run.keep_states)
+
+    best: dict[str, Any] = progress.best
+    step, start, stop = progress.step, time.perf_counter(), state.StopRequest().install()
+    try:
+        for epoch in range(progress.epoch, cfg.run.epochs):
+            if phase_at(epoch) != phase:  # gradual: the backbone joins, with fresh optimizer state of its own
+                phase = phase_at(epoch)
+                log.info(f"epoch {epoch + 1}: unfreezing the backbone ({phase.strategy})")
+                model, ctx.optimizer = distributed.prepare_phase(accelerator, model, phase, cfg, backbone_lr_mult, ctx.optimizer)
+            set_train_mode(accelerator.unwrap_model(model), phase, freeze_bn=cfg.finetune.freeze_bn)
+            train_loader.set_epoch(epoch)
+            data.train.set_epoch(epoch)
+            skip = progress.batches_done if epoch == progress.epoch else 0
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            carried = torch.tensor(progress.epoch_sums, dtype=torch.float64) if skip and accelerator.is_main_process else None
+
+            def after_step(step: int, batches_done: int, sums: torch.Tensor) -> bool:
+                stopping = stop.agreed(accelerator)
+                if stopping or (cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0):
+                    save_state(epoch, batches_done, step, sums)
+                return stopping
+
+            result = train_one_epoch(model, loader, ctx, step=step, description=f"epoch {epoch + 1}/{cfg.run.epochs}",
+                                     start_batch=skip, sums=carried, after_step=after_step)
+            step = result.step
+            if result.metrics is None:
+                log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
+                raise SystemExit(EXIT_REQUEUE)
+            metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **evaluate(model, val_loader, accelerator)}
             if ema is not None:
-                checkpoint.save_checkpoint(out / "ema", ema.module, {**meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema})
-        accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
-        accelerator.wait_for_everyone()
-        if cfg.run.early_stop_patience and metrics["epoch"] - best["epoch"] >= cfg.run.early_stop_patience:
-            log.info(f"early stop: no better val top-1 for {cfg.run.early_stop_patience} epochs")
-            break
-        if plateau.exhausted:
-            log.info(f"stopping after {plateau.reductions} learning-rate reductions (--max-reductions)")
-            break
+                metrics.update(evaluate(ema, val_loader, accelerator, prefix="ema_val"))
+            if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
+                log.info(f"val top-1 stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
+            metrics["lr_reductions"] = plateau.reductions
+            improved = not best or (metrics["val_top1"], -metrics["val_loss"]) > (best["val_top1"], -best["val_loss"])
+            if improved:
+                best = progress.best = metrics
+            if accelerator.is_main_process:
+                report.record_epoch(out, metrics, improved)
+                unwrapped = accelerator.unwrap_model(model)
+                checkpoint.save_checkpoint(out / "last", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
+                if improved:
+                    checkpoint.save_checkpoint(out / "best", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
+                if ema is not None:
+                    checkpoint.save_checkpoint(out / "ema", ema.module, {**meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema})
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
+            save_state(epoch + 1, 0, step, torch.zeros(4, dtype=torch.float64, device=accelerator.device))
+            if stop.agreed(accelerator):
+                log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
+                raise SystemExit(EXIT_REQUEUE)
+            if cfg.run.early_stop_patience and metrics["epoch"] - best["epoch"] >= cfg.run.early_stop_patience:
+                log.info(f"early stop: no better val top-1 for {cfg.run.early_stop_patience} epochs")
+                break
+            if plateau.exhausted:
+                log.info(f"stopping after {plateau.reductions} learning-rate reductions (--max-reductions)")
+                break
+    finally:
+        stop.uninstall()
 
     accelerator.end_training()
     report.print_summary(best, seconds=time.perf_counter() - start, out=out, accelerator=accelerator)

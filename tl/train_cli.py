@@ -97,6 +97,9 @@ def command(
     log_with: Annotated[Optional[Tracker], typer.Option(help="Also send metrics to this tracker.", rich_help_panel=RUN)] = None,
     log_every: Annotated[int, typer.Option(help="Show progress every N steps.", rich_help_panel=RUN)] = RunConfig.log_every,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run already in --out.", rich_help_panel=RUN)] = RunConfig.overwrite,
+    resume: Annotated[Optional[str], typer.Option(help="auto: continue from the newest complete state in --out (fresh if none); or a state folder.", rich_help_panel=RUN)] = RunConfig.resume,
+    save_every_steps: Annotated[int, typer.Option(help="Also save the full training state every N optimizer steps (0: at epoch ends only).", rich_help_panel=RUN)] = RunConfig.save_every_steps,
+    keep_states: Annotated[int, typer.Option(help="How many saved states to keep in --out/state.", rich_help_panel=RUN)] = RunConfig.keep_states,
 ) -> None:
     """Fine-tune an ImageNet classifier on your classes.
 
@@ -123,7 +126,7 @@ def command(
                           label_smoothing=label_smoothing, grad_accum=grad_accum, clip_grad=clip_grad, ema=ema),
         run=RunConfig(out=str(out), epochs=epochs, seed=seed, mixed_precision=mixed_precision.value if mixed_precision else None,
                       early_stop_patience=early_stop_patience, log_with=log_with.value if log_with else None, log_every=log_every,
-                      overwrite=overwrite),
+                      overwrite=overwrite, resume=resume, save_every_steps=save_every_steps, keep_states=keep_states),
     )
     from tl.train import run
 

@@ -1,0 +1,181 @@
+"""Resumable training state: where it lives, how it is written safely, and the signals that ask for it.
+
+``accelerator.save_state`` writes model, optimizer and every process's RNG states; ``TrainingProgress``
+(registered for checkpointing) adds where in the run we are. Each state is written to a hidden temporary
+folder and renamed into ``OUT/state/step-NNNNNNNN`` only when complete, so a crash or ``kill -9`` mid-save
+leaves the previous state whole; ``--resume auto`` ignores anything that is not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tl.errors import TLError
+
+log = logging.getLogger("tl")
+
+STATE_DIR = "state"
+_STATE_NAME = re.compile(r"^step-(\d{8})$")
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class TrainingProgress:
+    """Where the run is. Saved beside accelerate's files; restored before training continues."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batches_done: int = 0  # batches of that epoch already trained
+    step: int = 0  # optimizer steps so far
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # this process's running sums
+    best: dict[str, Any] = field(default_factory=dict)  # metrics of the best epoch so far
+    plateau: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"progress": json.dumps(asdict(self))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in json.loads(state["progress"]).items():
+            setattr(self, key, value)
+
+
+def state_root(out: Path) -> Path:
+    return out / STATE_DIR
+
+
+def complete_states(out: Path) -> list[Path]:
+    """Complete states in ``out``, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = state_root(out)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STATE_NAME.match(p.name))
+
+
+def read_progress(path: Path) -> TrainingProgress | None:
+    try:
+        return TrainingProgress(**json.loads((path / PROGRESS_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_training_state(accelerator, out: Path, progress: TrainingProgress, keep: int) -> Path:
+    """Every process calls this; the main process renames the finished folder into place and prunes old ones.
+
+    ``progress.epoch_sums`` must already be summed over processes (the main process resumes with them).
+    """
+    root = state_root(out)
+    final = root / f"step-{progress.step:08d}"
+    tmp = root / f".tmp-step-{progress.step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(output_dir=str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / PROGRESS_FILE).write_text(json.dumps(asdict(progress)))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in complete_states(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(resume: str | None, out: Path) -> list[Path]:
+    """Candidate states to resume from, best first: ``auto`` gives every complete state newest first."""
+    if not resume:
+        return []
+    if resume == "auto":
+        return list(reversed(complete_states(out)))
+    path = Path(resume)
+    if not path.is_dir():
+        raise TLError(f"--resume: no state folder at {path}", f"use --resume auto, or a folder under {state_root(out)}")
+    return [path]
+
+
+def load_training_state(accelerator, candidates: list[Path]) -> tuple[Path, TrainingProgress] | None:
+    """Load the first candidate that loads; a broken one is reported and the next (older) one is tried."""
+    for path in candidates:
+        progress = read_progress(path)
+        try:
+            if progress is None:
+                raise ValueError(f"{PROGRESS_FILE} is missing or unreadable")
+            accelerator.load_state(str(path))
+            return path, progress
+        except Exception as exc:  # a truncated file raises from safetensors, torch or pickle: all mean "broken"
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            log.warning(f"resume: state {path} cannot be loaded ({reason}); trying an older one")
+    if candidates:
+        raise TLError(f"no state under {candidates[0].parent} could be loaded", "start afresh with another --out")
+    return None
+
+
+def check_same_run(out: Path, cfg_dict: dict[str, Any], class_names: list[str]) -> None:
+    """Refuse to resume a run with another architecture, head, class list or dataset: say what differs."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise TLError(f"--resume: {out} has a state but no readable config.json", "resume into the run's own --out folder")
+    differences = []
+    for section, keys in (("model", ("arch", "head", "head_hidden", "head_norm", "cut_at")), ("data", ("dataset", "data_dir")),
+                          ("finetune", ("strategy",))):
+        for key in keys:
+            before, now = saved["config"][section].get(key), cfg_dict[section].get(key)
+            if before != now:
+                differences.append(f"{key} {before!r} -> {now!r}")
+    if saved.get("class_names") != class_names:
+        differences.append(f"classes {saved.get('class_names')} -> {class_names}")
+    if differences:
+        raise TLError(f"--resume: this is not the run in {out}: {'; '.join(differences)}",
+                      "resume with the run's own flags (its config.json), or choose another --out")
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request
+    to save and stop after the current step. A second signal stops at once."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopRequest":
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        if self.signal_name is not None:
+            log.warning(f"{name} again: stopping now without saving")
+            raise SystemExit(128 + number)
+        self.signal_name = name
+        log.warning(f"{name} received: saving state after this step, then exiting (send it again to stop at once)")
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any process was asked to stop; a collective, so every rank stops at the same step."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
