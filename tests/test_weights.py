@@ -95,3 +95,30 @@ def test_offline_download_names_the_local_file_fix(monkeypatch, tmp_path):
     with pytest.raises(TLError, match="no weights named"):
         build_model("resnet18", 2, weights="IMAGENET1K_V9")
     assert torchvision  # imported for the weights enum
+
+
+class _Marker:
+    """Unpickling this creates a file: what a malicious weights file would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_pickle_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2), "payload": _Marker(str(marker))}, path)
+    with pytest.raises(TLError, match="pickled"):
+        build_model("resnet18", 2, weights=str(path))
+    assert not marker.exists()
+
+
+def test_trust_pickle_loads_a_whole_pickled_model(tmp_path):
+    source = build_base("resnet18")
+    path = tmp_path / "whole.pth"
+    torch.save(source, path)
+    model, _ = build_model("resnet18", 2, weights=str(path), trust_pickle=True)
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])

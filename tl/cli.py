@@ -8,7 +8,7 @@ from typing import Callable
 
 import typer
 
-from tl import archs, reproduce, train_cli
+from tl import archs, export, reproduce, train_cli
 from tl.errors import TLError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("train")(train_cli.command)
 app.command("archs")(archs.command)
 app.command("reproduce")(reproduce.command)
+app.command("export")(export.command)
 
 
 def _report(error: TLError) -> None:

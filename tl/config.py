@@ -77,6 +77,7 @@ class ModelConfig:
     dropout: float = 0.0
     cut_at: str | None = None
     aux_loss_weight: float = 0.4  # inception_v3 / googlenet auxiliary heads
+    trust_pickle: bool = False  # allow --weights files that need full unpickling (runs their code)
 
     def __post_init__(self) -> None:
         _require(bool(self.arch), "--arch", "is empty", "see `tl archs` for the list")

@@ -144,6 +144,7 @@ def build_model(
     head: HeadSpec = HeadSpec(),
     cut_at: str | None = None,
     image_size: int | None = None,
+    trust_pickle: bool = False,
 ) -> tuple[nn.Module, ModelInfo]:
     """Build ``arch`` with a ``num_classes``-way head and the requested weights loaded.
 
@@ -164,7 +165,7 @@ def build_model(
         if is_torchvision_weights_name(weights) and ":" not in arch:
             pretrained_state, weights_note = _torchvision_state(arch, weights)
         else:
-            pretrained_state, weights_note = read_state_dict(weights), f"weights from {weights}"
+            pretrained_state, weights_note = read_state_dict(weights, trust_pickle=trust_pickle), f"weights from {weights}"
         if hasattr(model, "transform_input"):
             model.transform_input = True  # inception/googlenet weights expect torchvision's input transform
 

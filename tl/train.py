@@ -62,7 +62,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     # Model and strategy.
     head_spec = HeadSpec(cfg.model.head, cfg.model.head_hidden, cfg.model.head_norm, cfg.model.dropout)
     model, info = build_model(cfg.model.arch, len(data.class_names), weights=cfg.model.weights, head=head_spec,
-                              cut_at=cfg.model.cut_at, image_size=size)
+                              cut_at=cfg.model.cut_at, image_size=size, trust_pickle=cfg.model.trust_pickle)
     pretrained = cfg.model.weights.lower() != "none"
     strategy, reason = cfg.finetune.strategy, ""
     if strategy == "auto":

@@ -36,8 +36,12 @@ def _checkpoint_file(path: Path) -> Path:
                   "pass a checkpoint folder (RUN/best) or the weight file itself")
 
 
-def read_state_dict(path_like: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.safetensors``, a ``.pth``/``.pt``/``.bin`` state dict, or a tl checkpoint."""
+def read_state_dict(path_like: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors``, a ``.pth``/``.pt``/``.bin`` state dict, or a tl checkpoint.
+
+    A file holding pickled objects (a whole ``torch.save(model)``) is refused unless ``trust_pickle``:
+    unpickling runs whatever code the file's author put in it.
+    """
     path = Path(path_like)
     if not path.exists():
         raise TLError(f"--weights: no such file {path}",
@@ -57,9 +61,13 @@ def read_state_dict(path_like: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).splitlines()[0][:200]
-            raise TLError(f"--weights: {path} holds pickled Python objects, not just tensors ({first})",
-                          "tl loads state dicts only: in the code that made it, save model.state_dict() instead of the model")
+            if not trust_pickle:
+                first = str(exc).splitlines()[0][:160]
+                raise TLError(f"--weights: {path} holds pickled Python objects, not just tensors ({first})",
+                              "save model.state_dict() instead of the model, or pass --trust-pickle if you trust the file's author")
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(state, nn.Module):
+                state = state.state_dict()
         except (RuntimeError, EOFError, OSError) as exc:
             raise TLError(f"--weights: cannot read {path} ({str(exc).splitlines()[0][:200]})",
                           "is it a PyTorch .pth/.pt state dict? re-download or re-export it")
