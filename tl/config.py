@@ -12,13 +12,13 @@ from typing import Any
 
 from tl.errors import TLError
 
-DATASETS = ("synthetic", "imagefolder")
+DATASETS = ("synthetic", "imagefolder", "cifar10", "caltech101")  # and hf:<hub id or folder>
 STRATEGIES = ("full", "linear", "partial", "gradual", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 HEADS = ("linear", "mlp")
 HEAD_NORMS = ("standardize", "batchnorm", "none")
-AUGMENTS = ("basic", "none")
+AUGMENTS = ("basic", "strong", "trivial", "none")
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 
@@ -39,7 +39,14 @@ class DataConfig:
     image_size: int | None = None  # None: the architecture's pretrained input size
     augment: str = "basic"
     crop_scale_min: float = 0.25
-    val_fraction: float = 0.2
+    mixup: float = 0.0  # alpha; 0: off
+    cutmix: float = 0.0
+    val_fraction: float | None = None  # None: the dataset's usual share (see ``fraction``)
+    test_fraction: float | None = None
+    download: bool = False
+    image_column: str | None = None  # hf: datasets; None: the usual names
+    label_column: str | None = None
+    caltech_background: bool = False
     batch_size: int = 32
     num_workers: int = -1  # -1: pick from the CPUs this process has
     mean: tuple[float, float, float] | None = None
@@ -49,14 +56,18 @@ class DataConfig:
     synthetic_size: int = 32
 
     def __post_init__(self) -> None:
-        _choice(self.dataset, "--dataset", DATASETS)
-        if self.dataset == "imagefolder":
+        if not self.dataset.startswith("hf:"):
+            _choice(self.dataset, "--dataset", DATASETS + ("hf:<name-or-path>",))
+        if self.dataset in ("imagefolder",):
             _require(bool(self.data_dir), "--data-dir", "is required with --dataset imagefolder",
                      "point it at a folder with train/<class>/ and val/<class>/ sub-folders")
         _choice(self.augment, "--augment", AUGMENTS)
         _require(self.image_size is None or self.image_size >= 8, "--image-size", "must be at least 8")
         _require(0.0 < self.crop_scale_min <= 1.0, "--crop-scale-min", "must be in (0, 1]")
-        _require(0.0 < self.val_fraction < 1.0, "--val-fraction", "must be in (0, 1)")
+        _require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0")
+        _require(self.val_fraction is None or 0.0 < self.val_fraction < 1.0, "--val-fraction", "must be in (0, 1)")
+        _require(self.test_fraction is None or 0.0 <= self.test_fraction < 1.0, "--test-fraction", "must be in [0, 1)")
+        _require(self.fraction("val") + self.fraction("test") < 1.0, "--val-fraction", "val and test together must leave images to train on")
         _require(self.batch_size >= 1, "--batch-size", "must be at least 1")
         _require(self.num_workers >= -1, "--num-workers", "must be >= 0 (or -1 for automatic)")
         _require(self.synthetic_classes >= 2, "--synthetic-classes", "must be at least 2")
@@ -65,6 +76,16 @@ class DataConfig:
         for flag, value in (("--mean", self.mean), ("--std", self.std)):
             _require(value is None or len(value) == 3, flag, "needs three numbers, one per RGB channel")
         _require(self.std is None or min(self.std) > 0, "--std", "values must be > 0")
+
+
+    def fraction(self, part: str) -> float:
+        """The val/test share: as given, else Caltech-101's 25/25 (its write-up's 50/25/25), else 20% val, no test."""
+        given = self.val_fraction if part == "val" else self.test_fraction
+        if given is not None:
+            return given
+        if self.dataset == "caltech101":
+            return 0.25
+        return {"val": 0.1 if self.dataset == "cifar10" else 0.2, "test": 0.0}[part]
 
 
 @dataclass

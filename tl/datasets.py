@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset
 
 from tl.config import DataConfig
 from tl.errors import TLError
+from tl.splits import split_with_manifest, stratified_split
 
 log = logging.getLogger("tl")
 
@@ -106,7 +106,7 @@ class SyntheticShapes(Dataset):
         return (self.transform(image) if self.transform else image), self.targets[index], True
 
 
-def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
+def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
     common = dict(num_classes=cfg.synthetic_classes, size=cfg.synthetic_size, seed=seed)
     train = SyntheticShapes(per_class=cfg.synthetic_per_class, split="train", transform=train_tf, **common)
     eval_count = max(2, cfg.synthetic_per_class // 4)
@@ -180,22 +180,6 @@ def _samples(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return samples
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (kept, held out): ``fraction`` of every class held out, at least one where a class has two."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    rng = random.Random(seed)
-    kept, held = [], []
-    for label in sorted(by_class):
-        indices = by_class[label][:]
-        rng.shuffle(indices)
-        n_held = max(1, round(len(indices) * fraction)) if len(indices) >= 2 else 0
-        held += indices[:n_held]
-        kept += indices[n_held:]
-    return sorted(kept), sorted(held)
-
-
 def _fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
     digest = hashlib.sha256()
     for path, label in samples:
@@ -203,7 +187,7 @@ def _fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
+def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
     root = Path(cfg.data_dir or "")
     if not root.is_dir():
         raise TLError(f"--data-dir: {root} is not a folder", "pass the folder that holds train/ and val/ (or one folder per class)")
@@ -214,14 +198,16 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
         if val_dir is not None:
             val_samples = _samples(val_dir, classes)
         else:  # train/ without val/: hold out part of train/
-            kept, held = stratified_split([l for _, l in train_samples], cfg.val_fraction, seed)
+            kept, held = stratified_split([l for _, l in train_samples], cfg.fraction("val"), seed)
             train_samples, val_samples = [train_samples[i] for i in kept], [train_samples[i] for i in held]
         test_samples = _samples(root / "test", classes) if (root / "test").is_dir() else None
-    else:  # one folder per class: split it
+    else:  # one folder per class: split it, and pin the split in the run's manifest
         classes = _class_folders(root)
         everything = _samples(root, classes)
-        kept, held = stratified_split([l for _, l in everything], cfg.val_fraction, seed)
-        train_samples, val_samples, test_samples = [everything[i] for i in kept], [everything[i] for i in held], None
+        parts = split_with_manifest([str(p.relative_to(root)) for p, _ in everything], [l for _, l in everything],
+                                    val_fraction=cfg.fraction("val"), test_fraction=cfg.fraction("test"), seed=seed, manifest=manifest)
+        train_samples, val_samples = [everything[i] for i in parts["train"]], [everything[i] for i in parts["val"]]
+        test_samples = [everything[i] for i in parts["test"]] or None
     if len(classes) < 2:
         raise TLError(f"--data-dir: {root} has {len(classes)} class folder(s)",
                       "expected DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg with at least two classes")
@@ -275,8 +261,69 @@ class EpochSeeded(Dataset):
         return getattr(self.base, name)
 
 
-_BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder}
+def _cifar10(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
+    """The 50,000 training images split into train/val (seeded, stratified); the 10,000 test images are ``test``."""
+    from tl.public_datasets import ArrayImages, cifar10_arrays
+
+    root = Path(cfg.data_dir or "data")
+    images, labels, test_images, test_labels, classes = cifar10_arrays(root, download=cfg.download)
+    kept, held = stratified_split(labels, cfg.fraction("val"), seed)
+    take = lambda idx: (images[idx], [labels[i] for i in idx])
+    return DatasetBundle(
+        ArrayImages(*take(kept), classes, train_tf),
+        ArrayImages(*take(held), classes, eval_tf),
+        ArrayImages(test_images, test_labels, classes, eval_tf),
+        classes,
+        f"cifar10:{len(labels)}+{len(test_labels)}:val{cfg.fraction('val')}:seed{seed}",
+    )
 
 
-def build_datasets(cfg: DataConfig, *, seed: int, train_tf: Callable, eval_tf: Callable) -> DatasetBundle:
-    return _BUILDERS[cfg.dataset](cfg, seed, train_tf, eval_tf)
+def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
+    """No official split exists: a seeded, stratified train/val/test split (default 50/25/25), kept in the manifest."""
+    from tl.public_datasets import caltech_classes, caltech_root
+
+    folder = caltech_root(Path(cfg.data_dir or "data"), download=cfg.download)
+    classes = caltech_classes(folder, background=cfg.caltech_background)
+    everything = [(path, label) for label, name in enumerate(classes) for path in list_images(folder / name)]
+    if not everything:
+        raise TLError(f"--data-dir: no images under {folder}", "is the download complete?")
+    parts = split_with_manifest([str(p.relative_to(folder)) for p, _ in everything], [l for _, l in everything],
+                                val_fraction=cfg.fraction("val"), test_fraction=cfg.fraction("test"), seed=seed, manifest=manifest)
+    pick = lambda name, tf: ImageFiles([everything[i] for i in parts[name]], classes, tf)
+    return DatasetBundle(pick("train", train_tf), pick("val", eval_tf), pick("test", eval_tf) if parts["test"] else None,
+                         classes, _fingerprint(everything, folder))
+
+
+def _huggingface(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
+    """``hf:<hub id or save_to_disk folder>``: its train/validation/test splits; no validation split: part of train."""
+    from tl import hf_datasets as hf
+
+    name = cfg.dataset.split(":", 1)[1]
+    loaded = hf.load(name)
+    splits = dict(loaded) if hasattr(loaded, "keys") else {"train": loaded}
+    if "train" not in splits:
+        raise TLError(f"--dataset {cfg.dataset}: no train split (it has {', '.join(splits)})", "save a DatasetDict with a train split")
+    train_split = splits["train"]
+    image_col = hf.pick_column(train_split.column_names, cfg.image_column, hf.IMAGE_COLUMNS, "--image-column")
+    label_col = hf.pick_column(train_split.column_names, cfg.label_column, hf.LABEL_COLUMNS, "--label-column")
+    classes = hf.class_names(train_split, label_col)
+    val_name = next((n for n in hf.VAL_SPLITS if n in splits), None)
+    make = lambda split, tf, idx=None: hf.HFImages(split, image_col, label_col, classes, tf, idx)
+    if val_name:
+        train, val = make(train_split, train_tf), make(splits[val_name], eval_tf)
+    else:
+        kept, held = stratified_split([int(v) for v in train_split[label_col]], cfg.fraction("val"), seed)
+        train, val = make(train_split, train_tf, kept), make(train_split, eval_tf, held)
+    test = make(splits["test"], eval_tf) if "test" in splits else None
+    fingerprint = f"hf:{name}:" + ":".join(f"{k}={getattr(v, '_fingerprint', len(v))}" for k, v in sorted(splits.items()))
+    return DatasetBundle(train, val, test, classes, fingerprint)
+
+
+_BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder, "cifar10": _cifar10, "caltech101": _caltech101}
+
+
+def build_datasets(cfg: DataConfig, *, seed: int, train_tf: Callable, eval_tf: Callable,
+                   manifest: Path | None = None) -> DatasetBundle:
+    """Train/val[/test] datasets and class names; ``manifest`` pins splits that tl makes (see tl/splits.py)."""
+    builder = _huggingface if cfg.dataset.startswith("hf:") else _BUILDERS[cfg.dataset]
+    return builder(cfg, seed, train_tf, eval_tf, manifest)

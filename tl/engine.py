@@ -29,6 +29,7 @@ class TrainContext:
     aux_loss_weight: float = 0.4
     ema: torch.optim.swa_utils.AveragedModel | None = None
     log_every: int = 20
+    batch_mix: Callable | None = None  # MixUp/CutMix: (images, labels) -> (images, soft labels)
 
 
 def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -86,11 +87,14 @@ def train_one_epoch(
     for batch_index, (images, labels, readable) in enumerate(loader, start=start_batch + 1):
         data_wait += time.perf_counter() - last
         weight = readable.to(torch.float32)
+        targets = labels
+        if ctx.batch_mix is not None:
+            images, targets = ctx.batch_mix(images, labels)
         with accelerator.accumulate(model):
             logits, aux = split_outputs(model(images))
-            loss = masked_mean(ctx.loss_fn(logits, labels), weight)
+            loss = masked_mean(ctx.loss_fn(logits, targets), weight)
             for aux_logits in aux:
-                loss = loss + ctx.aux_loss_weight * masked_mean(ctx.loss_fn(aux_logits, labels), weight)
+                loss = loss + ctx.aux_loss_weight * masked_mean(ctx.loss_fn(aux_logits, targets), weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 lr = ctx.apply_lr(ctx.optimizer, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +18,7 @@ def command(
 ) -> None:
     """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
     from tl.config import TrainConfig
+    from tl.splits import MANIFEST
     from tl.train import run
 
     config_file = run_dir / "config.json"
@@ -25,4 +27,9 @@ def command(
     record = json.loads(config_file.read_text())
     cfg = TrainConfig.from_dict(record["config"])
     cfg.run.out = str(out or run_dir / "reproduce")
+    cfg.run.resume, cfg.run.overwrite = None, False
+    manifest = run_dir / MANIFEST
+    if manifest.is_file():  # the same train/val/test split, not a new one
+        Path(cfg.run.out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(manifest, Path(cfg.run.out) / MANIFEST)
     run(cfg, expect_fingerprint=record.get("data_fingerprint"))

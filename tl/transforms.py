@@ -31,14 +31,28 @@ def train_transform(
     augment: str = "basic",
     crop_scale_min: float = 0.25,
 ) -> v2.Compose:
-    """``basic``: random resized crop + horizontal flip (the tutorials' recipe); ``none``: as evaluation."""
+    """Presets: ``basic`` random resized crop + horizontal flip (the tutorials' recipe); ``strong`` the
+    Caltech-101 write-up's (crop 80-100%, flip, rotation +-15 degrees, colour jitter); ``trivial`` basic +
+    TrivialAugmentWide; ``none`` as evaluation."""
     if augment == "none":
         return eval_transform(size=size, resize=resize, mean=mean, std=std)
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            *_to_normalized_float(mean, std),
-        ]
-    )
+    presets = {
+        "basic": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip()],
+        "strong": [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                   v2.RandomRotation(15), v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)],
+        "trivial": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                    v2.TrivialAugmentWide()],
+    }
+    return v2.Compose([v2.ToImage(), *presets[augment], *_to_normalized_float(mean, std)])
+
+
+def batch_mix(*, num_classes: int, mixup: float, cutmix: float) -> Callable | None:
+    """MixUp and/or CutMix on whole batches (one of them per batch when both are on); labels become soft."""
+    mixes = []
+    if mixup > 0:
+        mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        mixes.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

@@ -1,0 +1,143 @@
+"""Every --dataset, built from tiny files in the real on-disk formats (no mocked loaders)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, cli, make_image_folder, read_metrics, write_image
+from tl.config import DataConfig
+from tl.datasets import build_datasets
+from tl.errors import TLError
+from tl.transforms import eval_transform, train_transform
+
+TF = dict(size=16, resize=18, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def _build(manifest=None, **kwargs):
+    return build_datasets(DataConfig(**kwargs), seed=0, train_tf=train_transform(**TF), eval_tf=eval_transform(**TF),
+                          manifest=manifest)
+
+
+def make_cifar(root, per_batch=20):
+    """cifar-10-batches-py/ as the official release lays it out: pickled dicts of uint8 rows + batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = [i % 10 for i in range(per_batch)]
+        data = rng.integers(0, 255, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / name, "wb") as handle:
+            # protocol 2 and str keys: what the release's Python 2 pickles read back as under encoding="latin1"
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, handle, protocol=2)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+                    handle, protocol=2)
+    return root
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    """Our fake batches cannot match the release's md5 sums; torchvision's own tests patch the same check."""
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
+
+
+def test_cifar10_python_batches(tmp_path, no_md5):
+    make_cifar(tmp_path)
+    data = _build(dataset="cifar10", data_dir=str(tmp_path), val_fraction=0.2)
+    assert data.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert len(data.train) + len(data.val) == 100 and len(data.test) == 20
+    assert len(data.val) == 20  # 2 of each class's 10
+    image, label, readable = data.train[0]
+    assert image.shape == (3, 16, 16) and readable and 0 <= label < 10
+
+
+def test_cifar10_missing_is_one_clear_line(tmp_path):
+    with pytest.raises(TLError, match="cifar-10-batches-py") as excinfo:
+        _build(dataset="cifar10", data_dir=str(tmp_path))
+    assert "--download" in excinfo.value.hint
+
+
+def make_caltech(root, classes=("accordion", "airplanes", "anchor"), per_class=8):
+    folder = root / "caltech101" / "101_ObjectCategories"
+    for c, name in enumerate((*classes, "BACKGROUND_Google")):
+        for i in range(per_class):
+            mode = "L" if i % 2 else "RGB"  # many Caltech images are greyscale
+            write_image(folder / name / f"image_{i + 1:04d}.jpg", (40 * c, 200 - 40 * c, 90), 20, mode, seed=c * 100 + i)
+    (folder / "tmp").write_text("stray file in the real archive")
+    return root
+
+
+def test_caltech101_split_manifest_and_background(tmp_path):
+    make_caltech(tmp_path)
+    manifest = tmp_path / "run" / "split.json"
+    data = _build(dataset="caltech101", data_dir=str(tmp_path), manifest=manifest)
+    assert data.class_names == ["accordion", "airplanes", "anchor"]  # no BACKGROUND_Google, no tmp
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 6, 6)  # 50/25/25 of 24
+    recorded = json.loads(manifest.read_text())
+    assert set(recorded["splits"]) == {"train", "val", "test"}
+    again = _build(dataset="caltech101", data_dir=str(tmp_path), manifest=manifest, val_fraction=0.5, test_fraction=0.1)
+    assert [p for p, _ in again.test.samples] == [p for p, _ in data.test.samples]  # the manifest wins
+    assert all(data.train[i][0].shape == (3, 16, 16) for i in range(len(data.train)))  # greyscale became RGB
+    with_background = _build(dataset="caltech101", data_dir=str(tmp_path), caltech_background=True)
+    assert "BACKGROUND_Google" in with_background.class_names
+
+
+def test_flat_imagefolder_split_is_stratified_and_deterministic(tmp_path):
+    root = make_image_folder(tmp_path / "flat", {"a": (200, 0, 0), "b": (0, 200, 0)}, 10, splits=("",))
+    one = _build(dataset="imagefolder", data_dir=str(root), val_fraction=0.3, test_fraction=0.2)
+    two = _build(dataset="imagefolder", data_dir=str(root), val_fraction=0.3, test_fraction=0.2)
+    assert [s for s in one.val.samples] == [s for s in two.val.samples]
+    assert sorted(one.val.targets) == [0, 0, 0, 1, 1, 1] and sorted(one.test.targets) == [0, 0, 1, 1]
+    everything = {p for d in (one.train, one.val, one.test) for p, _ in d.samples}
+    assert len(everything) == 20
+
+
+def test_hf_arrow_dataset_from_disk(tmp_path):
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["cat", "dog"])})
+    images = [Image.fromarray(np.full((12, 12, 3), 60 * (i % 2) + 50, dtype=np.uint8)) for i in range(10)]
+    train = datasets.Dataset.from_dict({"img": images, "fine_label": [i % 2 for i in range(10)]}, features=features)
+    datasets.DatasetDict({"train": train, "test": train.select(range(4))}).save_to_disk(str(tmp_path / "arrow"))
+    data = _build(dataset=f"hf:{tmp_path / 'arrow'}")
+    assert data.class_names == ["cat", "dog"] and len(data.test) == 4
+    assert len(data.train) + len(data.val) == 10  # no validation split: part of train held out
+    image, label, readable = data.val[0]
+    assert image.shape == (3, 16, 16) and readable
+    with pytest.raises(TLError, match="--image-column"):
+        _build(dataset=f"hf:{tmp_path / 'arrow'}", image_column="pixels")
+
+
+def test_hf_train_run_end_to_end(tmp_path):
+    import datasets
+    from PIL import Image
+
+    colours = [(220, 30, 30), (30, 30, 220)]
+    rows = [Image.fromarray(np.clip(np.array(colours[i % 2]) + np.random.default_rng(i).normal(0, 20, (16, 16, 3)), 0, 255)
+                            .astype(np.uint8)) for i in range(24)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
+    datasets.Dataset.from_dict({"image": rows, "label": [i % 2 for i in range(24)]}, features=features).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "run"
+    result = cli("train", *TINY, "--dataset", f"hf:{tmp_path / 'ds'}", "--epochs", "2", "--batch-size", "8",
+                 "--augment", "strong", "--mixup", "0.2", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert read_metrics(out)[-1]["val_count"] == 4  # round(12 x 0.2) = 2 per class
+
+
+@pytest.mark.parametrize("augment", ["basic", "strong", "trivial", "none"])
+def test_augment_presets_give_model_ready_tensors(augment):
+    from PIL import Image
+
+    tf = train_transform(**TF, augment=augment)
+    out = tf(Image.new("RGB", (40, 30), (120, 60, 30)))
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32

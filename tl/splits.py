@@ -1,0 +1,62 @@
+"""Seeded, stratified splits and the manifest that pins them to a run.
+
+A dataset without an official split (Caltech-101, a flat folder of class folders) is split once per run;
+the split is written to ``OUT/split.json`` and read back on resume, by ``tl eval`` and by anyone
+reproducing the run, so the test images stay the ones training never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tl.errors import TLError
+
+MANIFEST = "split.json"
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): ``fraction`` of every class held out, at least one where a class has two."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    rng = random.Random(seed)
+    kept, held = [], []
+    for label in sorted(by_class):
+        indices = by_class[label][:]
+        rng.shuffle(indices)
+        n_held = max(1, round(len(indices) * fraction)) if len(indices) >= 2 and fraction > 0 else 0
+        held += indices[:n_held]
+        kept += indices[n_held:]
+    return sorted(kept), sorted(held)
+
+
+def three_way(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """{"train", "val", "test"} index lists; fractions are of the whole set."""
+    rest, test = stratified_split(labels, test_fraction, seed) if test_fraction > 0 else (list(range(len(labels))), [])
+    share = val_fraction / max(1e-9, 1.0 - test_fraction)
+    kept, val = stratified_split([labels[i] for i in rest], share, seed + 1)
+    return {"train": [rest[i] for i in kept], "val": [rest[i] for i in val], "test": test}
+
+
+def split_with_manifest(keys: list[str], labels: list[int], *, val_fraction: float, test_fraction: float, seed: int,
+                        manifest: Path | None) -> dict[str, list[int]]:
+    """The split recorded in ``manifest`` when there is one (checked against ``keys``), else a new one, recorded."""
+    if manifest is not None and manifest.is_file():
+        recorded = json.loads(manifest.read_text())
+        position = {key: i for i, key in enumerate(keys)}
+        missing = [k for part in recorded["splits"].values() for k in part if k not in position]
+        if missing:
+            raise TLError(f"{manifest} lists {len(missing)} file(s) that are gone (e.g. {missing[0]})",
+                          "restore them, or start a new run in another --out to make a new split")
+        return {name: [position[k] for k in part] for name, part in recorded["splits"].items()}
+    splits = three_way(labels, val_fraction, test_fraction, seed)
+    if manifest is not None:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                  "splits": {name: [keys[i] for i in part] for name, part in splits.items()}}
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(manifest)
+    return splits
