@@ -85,3 +85,23 @@ def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(_model_file(Path(path))))
+
+
+def update_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Add or replace metadata fields of an existing checkpoint (e.g. ``temperature``) without touching the weights.
+
+    Both copies (the safetensors header and ``tl.json``) are rewritten through temporary files and
+    ``os.replace``, so a crash leaves either the old or the new file, never half of one.
+    """
+    from safetensors.torch import load_file, save_file
+
+    model_file = _model_file(Path(path))
+    meta = {**read_meta(model_file), **fields}
+    tmp = model_file.with_name(f".{model_file.name}.tmp-{os.getpid()}")
+    save_file(load_file(str(model_file)), str(tmp), metadata={"tl": json.dumps(meta, sort_keys=True), "format": "pt"})
+    os.replace(tmp, model_file)
+    sidecar = model_file.parent / META_FILE
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, sidecar)
+    return meta

@@ -37,30 +37,35 @@ def resolve_precision(requested: str | None, on_gpu: bool) -> str | None:
     return requested
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An Accelerator for this machine. Without a GPU it is built for the CPU, so that processes started by
-    ``accelerate launch --multi_gpu`` or torchrun form one gloo group instead of each training alone."""
+def build_accelerator(*, mixed_precision: str | None = None, **kwargs: Any) -> Accelerator:
+    """An Accelerator for this machine, for training and prediction alike. Without a GPU it is built for the
+    CPU, so that processes started by ``accelerate launch --multi_gpu`` or torchrun form one gloo group instead
+    of each working alone; a launch whose processes did not join one group is refused."""
     from accelerate.state import AcceleratorState
 
     # The state is a process-wide singleton: a second run in one process (a notebook, `tl reproduce` from
     # Python, the tests) could not choose another precision. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     on_gpu = has_accelerator_device()
-    if cfg.run.log_with:
-        check_tracker(cfg.run.log_with)
-    accelerator = Accelerator(
-        cpu=not on_gpu,
-        mixed_precision=resolve_precision(cfg.run.mixed_precision, on_gpu),
-        gradient_accumulation_steps=cfg.optim.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        log_with=cfg.run.log_with,
-        project_dir=cfg.run.out,
-    )
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision=resolve_precision(mixed_precision, on_gpu), **kwargs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and accelerator.num_processes == 1:
         raise TLError(f"launched as {world} processes, but they did not join one process group",
                       "launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
     return accelerator
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The training run's accelerator: precision, accumulation, seeded sampling, trackers."""
+    if cfg.run.log_with:
+        check_tracker(cfg.run.log_with)
+    return build_accelerator(
+        mixed_precision=cfg.run.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=cfg.run.log_with,
+        project_dir=cfg.run.out,
+    )
 
 
 def check_tracker(name: str) -> None:

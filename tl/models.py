@@ -163,7 +163,7 @@ def build_model(
     weights_note = "random initialisation"
     if weights.lower() != "none":
         if is_torchvision_weights_name(weights) and ":" not in arch:
-            pretrained_state, weights_note = _torchvision_state(arch, weights)
+            pretrained_state, weights_note = torchvision_state(arch, weights)
         else:
             pretrained_state, weights_note = read_state_dict(weights, trust_pickle=trust_pickle), f"weights from {weights}"
         if hasattr(model, "transform_input"):
@@ -183,7 +183,7 @@ def build_model(
     return model, ModelInfo(arch, num_classes, crop, resize, head=get_head(model), weights_note=weights_note)
 
 
-def _torchvision_state(arch: str, name: str) -> tuple[dict[str, torch.Tensor], str]:
+def torchvision_state(arch: str, name: str) -> tuple[dict[str, torch.Tensor], str]:
     import torchvision
 
     enum = torchvision.models.get_model_weights(arch)
