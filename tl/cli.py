@@ -21,7 +21,14 @@ app = typer.Typer(
 app.command("train")(train_cli.command)
 app.command("archs")(archs.command)
 app.command("reproduce")(reproduce.command)
+from tl import doctor, slurm  # noqa: E402  (typer and the standard library only; torch is imported inside)
+app.add_typer(slurm.app, name="slurm")
+app.command("doctor", context_settings=doctor.CONTEXT)(doctor.command)
 app.command("export")(export.command)
+from tl import evaluate, predict  # noqa: E402  (light modules: heavy imports happen inside the commands)
+app.command("predict-dir")(predict.predict_dir_command)
+app.command("predict")(predict.predict_command)
+app.command("eval")(evaluate.command)
 
 
 def _report(error: TLError) -> None:
@@ -42,10 +49,10 @@ def main() -> None:
         _report(error)
 
 
-def run_single(command: Callable) -> None:
+def run_single(command: Callable, context_settings: dict | None = None) -> None:
     """Run one command function as a program of its own (``python -m tl.train``), with the same error handling."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command()(command)
+    single.command(context_settings=context_settings)(command)
     try:
         single()
     except TLError as error:

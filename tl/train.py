@@ -23,6 +23,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
 
     from tl import checkpoint, distributed, report, state
     from tl.datasets import EpochSeeded, build_datasets
+    from tl.splits import MANIFEST
     from tl.engine import TrainContext, evaluate, train_one_epoch
     from tl.finetune import phase_for_epoch, resolve_auto, set_train_mode
     from tl.heads import HeadSpec
@@ -30,7 +31,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.progress import log, setup_logging
     from tl.state import TrainingProgress
-    from tl.transforms import eval_transform, train_transform
+    from tl.transforms import batch_mix, eval_transform, train_transform
 
     out = Path(cfg.run.out)
     candidates = state.resolve_resume(cfg.run.resume, out)
@@ -51,7 +52,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
     with accelerator.main_process_first():
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf),
+        if cfg.run.overwrite and not candidates and accelerator.is_main_process:
+            (out / MANIFEST).unlink(missing_ok=True)  # the replaced run's split must not be reused
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST,
                               train_tf=train_transform(**tf, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min))
     data.train = EpochSeeded(data.train, cfg.run.seed)
     if candidates:
@@ -97,6 +100,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         apply_lr=lambda optimizer, step: set_lr(optimizer, lr_factor(step, **schedule) * plateau.multiplier,
                                                 backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
+        batch_mix=batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
@@ -180,6 +184,12 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     finally:
         stop.uninstall()
 
+    if accelerator.is_main_process and best:  # temperature scaling on val: predict-dir's probabilities mean what they say
+        from tl.calibration import calibrate_checkpoint
+
+        cal = calibrate_checkpoint(out / "best", data.val, batch_size=cfg.data.batch_size, device=accelerator.device)
+        log.info(f"calibration: temperature {cal['temperature']:.3f}, val ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     report.print_summary(best, seconds=time.perf_counter() - start, out=out, accelerator=accelerator)
     return best
