@@ -29,6 +29,10 @@ from tl import evaluate, predict  # noqa: E402  (light modules: heavy imports ha
 app.command("predict-dir")(predict.predict_dir_command)
 app.command("predict")(predict.predict_command)
 app.command("eval")(evaluate.command)
+from tl import datacheck, datasplit, datastats  # noqa: E402  (typer only at import; PIL and torch inside the commands)
+app.command("check-data")(datacheck.command)
+app.command("split")(datasplit.command)
+app.command("stats")(datastats.command)
 
 
 def _report(error: TLError) -> None:
