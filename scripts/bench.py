@@ -1,9 +1,13 @@
-"""Benchmarks of tl's hot paths, one subcommand each (``predict`` now; ``train`` and ``loader`` to come).
+"""Benchmarks of tl's hot paths against the plain PyTorch code they replace, one subcommand each.
 
     .venv/bin/python scripts/bench.py predict                       # quick: own images + random squeezenet1_0
     .venv/bin/python scripts/bench.py predict --images DIR --checkpoint RUN/best
 
-``predict`` times ``tl predict-dir``'s code path (``tl.predict.predict_dir``: DataLoader workers, batches,
+    .venv/bin/python scripts/bench.py loader --images hymenoptera_data    # a train/<class>/ tree
+
+``loader`` times one epoch of tl's training input pipeline (``ImageFiles`` + ``train_transform`` on uint8
+tensors + per-sample seeding) against the tutorials' ``ImageFolder`` + PIL ``transforms`` pipeline, with the
+same DataLoader settings. ``predict`` times ``tl predict-dir``'s code path (``tl.predict.predict_dir``: DataLoader workers, batches,
 inference mode, streaming CSV) against the plain per-image loop (open, transform, unsqueeze, forward, one file
 at a time) on the same files and checkpoint, alternating the two and repeating, and reports medians.
 """
@@ -135,6 +139,64 @@ def bench_predict(args: argparse.Namespace) -> dict:
                         "load_average_before": load_before, "load_average_after": os.getloadavg()}}
 
 
+def _epoch_rate(dataset, batch_size: int, workers: int) -> float:
+    """Images/s of one shuffled pass through a DataLoader over ``dataset`` (the model is left out on purpose)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += batch[0].shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def bench_loader(args: argparse.Namespace) -> dict:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    from tl.config import DataConfig
+    from tl.datasets import EpochSeeded, build_datasets
+    from tl.models import IMAGENET_MEAN, IMAGENET_STD
+    from tl.transforms import eval_transform, train_transform
+
+    images = args.images
+    if images is None:
+        images = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "data"
+        for name in ("a", "b"):
+            (images / "train" / name).mkdir(parents=True)
+            quick_images(images / "train" / name, 48)
+        (images / "val").symlink_to(images / "train")
+    size = args.size
+    baseline = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([
+        T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    data = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0,
+                          train_tf=train_transform(**tf), eval_tf=eval_transform(**tf))
+    ours = EpochSeeded(data.train, 0)
+    workers = args.num_workers if args.num_workers >= 0 else min(8, os.cpu_count() or 1)
+    runs: dict[str, list[float]] = {"ImageFolder + PIL transforms": [], "tl train pipeline": []}
+    load_before = os.getloadavg()
+    for _ in range(args.repeats):
+        runs["ImageFolder + PIL transforms"].append(_epoch_rate(baseline, args.batch_size, workers))
+        runs["tl train pipeline"].append(_epoch_rate(ours, args.batch_size, workers))
+    medians = {name: statistics.median(rates) for name, rates in runs.items()}
+    ratio = medians["tl train pipeline"] / medians["ImageFolder + PIL transforms"]
+    table = Table(title=f"loader: {len(ours)} images at {size} px, {workers} workers, batch {args.batch_size}", title_justify="left")
+    for column in ("pipeline", "median img/s", "runs"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
+    for name, rates in runs.items():
+        table.add_row(name, f"{medians[name]:.1f}", " ".join(f"{r:.1f}" for r in rates))
+    table.add_row("ratio", f"{ratio:.2f}x", "")
+    Console().print(table)
+    return {"bench": "loader", "images": str(images), "count": len(ours), "size": size, "batch_size": args.batch_size,
+            "num_workers": workers, "repeats": args.repeats, "runs": runs, "median_images_per_s": medians, "ratio": ratio,
+            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                        "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -147,8 +209,15 @@ def main() -> None:
     predict.add_argument("--num-workers", type=int, default=-1)
     predict.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     predict.add_argument("--json", type=Path, default=Path("runs/bench/predict.json"), help="where the results go")
+    loader = sub.add_parser("loader", help="tl's training input pipeline vs ImageFolder + PIL transforms (images/s)")
+    loader.add_argument("--images", type=Path, help="a folder with train/<class>/ (default: 96 generated 400x300 JPEGs)")
+    loader.add_argument("--size", type=int, default=224)
+    loader.add_argument("--repeats", type=int, default=3)
+    loader.add_argument("--batch-size", type=int, default=32)
+    loader.add_argument("--num-workers", type=int, default=-1)
+    loader.add_argument("--json", type=Path, default=Path("runs/bench/loader.json"), help="where the results go")
     args = parser.parse_args()
-    result = {"predict": bench_predict}[args.bench](args)
+    result = {"predict": bench_predict, "loader": bench_loader}[args.bench](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.json}", file=sys.stderr)

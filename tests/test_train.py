@@ -152,3 +152,10 @@ def test_unreadable_images_are_skipped_and_counted(image_folder, tmp_path):
     metrics = read_metrics(out)[0]
     assert metrics["val_unreadable"] == 1 and metrics["val_count"] == 18
     assert metrics["train_unreadable"] <= 2  # drop_last may leave one out of the epoch
+
+
+def test_strict_turns_unreadable_images_into_an_error(image_folder, tmp_path):
+    (image_folder / "val" / "red" / "empty.jpg").write_bytes(b"")  # val: never dropped by drop_last
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", image_folder, "--epochs", "1",
+                 "--batch-size", "4", "--strict", "--out", tmp_path / "strict")
+    assert "--strict" in str(result.exception) and "unreadable" in str(result.exception)

@@ -47,6 +47,7 @@ class DataConfig:
     image_column: str | None = None  # hf: datasets; None: the usual names
     label_column: str | None = None
     caltech_background: bool = False
+    strict: bool = False  # an unreadable image is an error instead of being left out and counted
     batch_size: int = 32
     num_workers: int = -1  # -1: pick from the CPUs this process has
     mean: tuple[float, float, float] | None = None

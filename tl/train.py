@@ -154,6 +154,10 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
                 raise SystemExit(EXIT_REQUEUE)
             metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **evaluate(model, val_loader, accelerator)}
+            unreadable = metrics["train_unreadable"] + metrics["val_unreadable"]
+            if cfg.data.strict and unreadable:  # reduced counts: every rank raises together
+                raise TLError(f"--strict: {unreadable} unreadable image(s) in epoch {epoch + 1} (each named in a warning above)",
+                              "fix or remove them (`tl check-data` lists them all), or drop --strict to leave them out")
             if ema is not None:
                 metrics.update(evaluate(ema, val_loader, accelerator, prefix="ema_val"))
             if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
