@@ -141,3 +141,14 @@ def test_augment_presets_give_model_ready_tensors(augment):
     tf = train_transform(**TF, augment=augment)
     out = tf(Image.new("RGB", (40, 30), (120, 60, 30)))
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+
+
+def test_a_class_without_images_is_a_clear_error(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"a": (200, 0, 0), "b": (0, 200, 0)}, 3)
+    (root / "train" / "c").mkdir()  # an empty class folder
+    (root / "val" / "c").mkdir()
+    with pytest.raises(TLError, match="class\\(es\\) c"):
+        _build(dataset="imagefolder", data_dir=str(root))
+    write_image(root / "train" / "c" / "x.png", (0, 0, 200))
+    with pytest.raises(TLError, match="val has no image"):
+        _build(dataset="imagefolder", data_dir=str(root))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -133,6 +134,34 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise TLError(f"cannot read image {path}: {exc}", "remove or replace the file, then run again")
 
 
+_FAST_DECODE = (".jpg", ".jpeg", ".png")
+# torchvision 0.29 deprecates its decoders (in favour of torchcodec, not a dependency): say it once in our notes, not per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+
+
+def read_image(path: Path):
+    """An RGB image to transform: a uint8 (3, H, W) tensor decoded by torchvision.io for JPEG/PNG, else PIL.
+
+    torchvision.io's decoders (libjpeg-turbo, libpng) plus tensor transforms ran at 451 images/s on one core on
+    the bees/ants photos against 336 for PIL decode + transforms. Anything they do not decode to 8-bit RGB
+    (CMYK, 16-bit, damaged files) goes through PIL, which also gives the one-line reason when a file is bad.
+    """
+    if path.suffix.lower() in _FAST_DECODE:
+        import torch
+
+        try:  # deprecated since torchvision 0.29 in favour of torchcodec; when it is gone, PIL does it all
+            from torchvision.io import ImageReadMode, decode_image, read_file
+        except ImportError:
+            return load_rgb(path)
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            if image.dtype == torch.uint8 and image.shape[0] == 3:
+                return image
+        except (RuntimeError, ValueError):
+            pass
+    return load_rgb(path)
+
+
 class ImageFiles(Dataset):
     """(path, label) pairs read with ``load_rgb``; class indices come from the caller, not from the folder."""
 
@@ -151,7 +180,7 @@ class ImageFiles(Dataset):
         metrics leave it out."""
         path, label = self.samples[index]
         try:
-            image, readable = load_rgb(path), True
+            image, readable = read_image(path), True
         except TLError as error:
             log.warning(f"skipping unreadable image: {error.message}")
             image, readable = Image.new("RGB", (8, 8)), False
@@ -178,6 +207,16 @@ def _samples(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
                           "every class in val/ and test/ must also be a folder in train/")
         samples += [(path, index[name]) for path in list_images(root / name)]
     return samples
+
+
+def check_every_class(classes: list[str], splits: dict[str, list[tuple[Path, int]]]) -> None:
+    """A class with no image in train (or in val) cannot be learnt (or measured): say which, before training."""
+    for split, samples in splits.items():
+        present = {label for _, label in samples}
+        missing = [name for i, name in enumerate(classes) if i not in present]
+        if missing:
+            raise TLError(f"--data-dir: {split} has no image of class(es) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""),
+                          f"add images to those {split} folders, or remove the empty class folders")
 
 
 def _fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
@@ -215,6 +254,7 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
         raise TLError(f"--data-dir: no images found under {root}", f"supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
     if not val_samples:
         raise TLError(f"--data-dir: no validation images under {root}", "add val/<class>/ folders or more images per class")
+    check_every_class(classes, {"train": train_samples, "val": val_samples})
     all_samples = train_samples + val_samples + (test_samples or [])
     return DatasetBundle(
         ImageFiles(train_samples, classes, train_tf),
@@ -289,6 +329,7 @@ def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callabl
         raise TLError(f"--data-dir: no images under {folder}", "is the download complete?")
     parts = split_with_manifest([str(p.relative_to(folder)) for p, _ in everything], [l for _, l in everything],
                                 val_fraction=cfg.fraction("val"), test_fraction=cfg.fraction("test"), seed=seed, manifest=manifest)
+    check_every_class(classes, {name: [everything[i] for i in parts[name]] for name in ("train", "val")})
     pick = lambda name, tf: ImageFiles([everything[i] for i in parts[name]], classes, tf)
     return DatasetBundle(pick("train", train_tf), pick("val", eval_tf), pick("test", eval_tf) if parts["test"] else None,
                          classes, _fingerprint(everything, folder))

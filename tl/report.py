@@ -132,6 +132,7 @@ def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerato
         "best val top-5": f"{best['val_top5']:.4f}",
         "total time": f"{seconds:.1f}s",
         "train images/s": f"{best['train_images_per_s']:.1f}",
+        "unreadable images": f"{best.get('train_unreadable', 0)} train, {best.get('val_unreadable', 0)} val (left out)",
         "best checkpoint": str(out / "best"),
         "metrics": str(out / "metrics.jsonl"),
     }

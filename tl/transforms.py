@@ -1,8 +1,9 @@
 """Train and eval preprocessing presets, built as twins from the model's input size and mean/std.
 
 Model: torchvision's ``references/classification/presets.py``. Images are decoded by PIL (converted to RGB
-by the dataset), cropped and flipped as uint8 tensors, and only then converted to float, which is the cheap
-order (see ENVIRONMENT.md's decode measurements).
+by the dataset) and resized/cropped by PIL, which shrinks a photo faster than a tensor resize does; only the
+224 px result becomes a tensor and then float. Measured on the bees/ants photos, 2 workers: cropping the
+full-size uint8 tensor instead ran at 0.68x the tutorials' ImageFolder + PIL pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _to_normalized_float(mean: tuple[float, ...], std: tuple[float, ...]) -> lis
 
 def eval_transform(*, size: int, resize: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
     """Resize the short side to ``resize``, centre-crop ``size``: the evaluation protocol of ImageNet weights."""
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_to_normalized_float(mean, std)])
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), v2.ToImage(), *_to_normalized_float(mean, std)])
 
 
 def train_transform(
@@ -43,7 +44,7 @@ def train_transform(
         "trivial": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                     v2.TrivialAugmentWide()],
     }
-    return v2.Compose([v2.ToImage(), *presets[augment], *_to_normalized_float(mean, std)])
+    return v2.Compose([*presets[augment], v2.ToImage(), *_to_normalized_float(mean, std)])
 
 
 def batch_mix(*, num_classes: int, mixup: float, cutmix: float) -> Callable | None:
