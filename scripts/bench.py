@@ -88,8 +88,6 @@ def batched(checkpoint: Path, images: Path, out: Path, args: argparse.Namespace)
 
 def bench_predict(args: argparse.Namespace) -> dict:
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from tl.predict import find_images
 
@@ -118,16 +116,8 @@ def bench_predict(args: argparse.Namespace) -> dict:
                 rate = batched(checkpoint, images, scratch / "preds.csv", args)
             runs[name].append(rate)
             print(f"repeat {repeat + 1}/{args.repeats}: {name} {rate:.1f} img/s", file=sys.stderr)
-    medians = {name: statistics.median(rates) for name, rates in runs.items()}
-    ratio = medians["tl predict-dir"] / medians["per-image loop"]
-
-    table = Table(title=f"predict: {len(files)} images, {checkpoint}", title_justify="left")
-    for column in ("method", "median img/s", "runs"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for name, rates in runs.items():
-        table.add_row(name, f"{medians[name]:.1f}", " ".join(f"{r:.1f}" for r in rates))
-    table.add_row("ratio", f"{ratio:.2f}x", "")
-    Console().print(table)
+    medians, ratio = report_runs(f"predict: {len(files)} images, {checkpoint}", runs, baseline="per-image loop",
+                                 candidate="tl predict-dir")
     from tl.checkpoint import read_meta
 
     meta = read_meta(checkpoint)
@@ -137,6 +127,23 @@ def bench_predict(args: argparse.Namespace) -> dict:
             "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                         "python": platform.python_version(), "cuda": torch.cuda.is_available(),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+
+
+def report_runs(title: str, runs: dict[str, list[float]], *, baseline: str, candidate: str) -> tuple[dict[str, float], float]:
+    """Print the table of medians and the candidate/baseline ratio; return (medians, ratio)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    medians = {name: statistics.median(rates) for name, rates in runs.items()}
+    ratio = medians[candidate] / medians[baseline]
+    table = Table(title=title, title_justify="left")
+    for column in ("method", "median img/s", "runs"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, rates in runs.items():
+        table.add_row(name, f"{medians[name]:.1f}", " ".join(f"{r:.1f}" for r in rates))
+    table.add_row("ratio", f"{ratio:.2f}x", "")
+    Console().print(table)
+    return medians, ratio
 
 
 def _epoch_rate(dataset, batch_size: int, workers: int) -> float:
@@ -152,8 +159,6 @@ def _epoch_rate(dataset, batch_size: int, workers: int) -> float:
 
 def bench_loader(args: argparse.Namespace) -> dict:
     import torch
-    from rich.console import Console
-    from rich.table import Table
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
@@ -182,15 +187,8 @@ def bench_loader(args: argparse.Namespace) -> dict:
     for _ in range(args.repeats):
         runs["ImageFolder + PIL transforms"].append(_epoch_rate(baseline, args.batch_size, workers))
         runs["tl train pipeline"].append(_epoch_rate(ours, args.batch_size, workers))
-    medians = {name: statistics.median(rates) for name, rates in runs.items()}
-    ratio = medians["tl train pipeline"] / medians["ImageFolder + PIL transforms"]
-    table = Table(title=f"loader: {len(ours)} images at {size} px, {workers} workers, batch {args.batch_size}", title_justify="left")
-    for column in ("pipeline", "median img/s", "runs"):
-        table.add_column(column, justify="left" if column == "pipeline" else "right")
-    for name, rates in runs.items():
-        table.add_row(name, f"{medians[name]:.1f}", " ".join(f"{r:.1f}" for r in rates))
-    table.add_row("ratio", f"{ratio:.2f}x", "")
-    Console().print(table)
+    medians, ratio = report_runs(f"loader: {len(ours)} images at {size} px, {workers} workers, batch {args.batch_size}", runs,
+                                 baseline="ImageFolder + PIL transforms", candidate="tl train pipeline")
     return {"bench": "loader", "images": str(images), "count": len(ours), "size": size, "batch_size": args.batch_size,
             "num_workers": workers, "repeats": args.repeats, "runs": runs, "median_images_per_s": medians, "ratio": ratio,
             "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
