@@ -152,3 +152,14 @@ def test_a_class_without_images_is_a_clear_error(tmp_path):
     write_image(root / "train" / "c" / "x.png", (0, 0, 200))
     with pytest.raises(TLError, match="val has no image"):
         _build(dataset="imagefolder", data_dir=str(root))
+
+
+def test_hf_labels_that_are_not_class_indices_are_refused(tmp_path):
+    import datasets
+    from PIL import Image
+
+    images = [Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)) for _ in range(4)]
+    datasets.Dataset.from_dict({"image": images, "label": ["cat", "dog", "cat", "dog"]}).save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(TLError, match="not class indices") as excinfo:
+        _build(dataset=f"hf:{tmp_path / 's'}")
+    assert "class_encode_column" in excinfo.value.hint

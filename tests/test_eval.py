@@ -112,3 +112,16 @@ def test_eval_bad_input(run, tmp_path):
     (tmp_path / "lonely" / "model.safetensors").write_bytes((out / "best" / "model.safetensors").read_bytes())
     result = cli("eval", "--checkpoint", tmp_path / "lonely")
     assert isinstance(result.exception, TLError) and "no config.json" in result.exception.message
+
+
+def test_eval_uses_the_split_the_run_trained_on(tmp_path):
+    data = make_image_folder(tmp_path / "flat", {"red": (220, 30, 30), "blue": (30, 30, 220)}, 10, splits=("",))
+    out = tmp_path / "run"
+    assert cli("split", data, "--out", out, "--fractions", "0.6,0.2,0.2").exit_code == 0
+    manifest = json.loads((out / "split.json").read_text())
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--batch-size", "4", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    result = cli("eval", "--checkpoint", out / "best", "--split", "test")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["count"] == len(manifest["splits"]["test"]) == 4  # the manifest's test images, not a new split

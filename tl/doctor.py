@@ -137,12 +137,15 @@ def check_workers(plan: Plan, per_node: int) -> list[Problem]:
 
 
 def _num_workers(train_args: list[str]) -> Optional[int]:
-    for i, arg in enumerate(train_args):
-        if arg == "--num-workers" and i + 1 < len(train_args):
-            return int(train_args[i + 1])
-        if arg.startswith("--num-workers="):
-            return int(arg.split("=", 1)[1])
-    return None
+    from tl.slurm import _option
+
+    value = _option(train_args, "--num-workers")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise TLError(f"--num-workers: {value!r} is not a whole number", "e.g. --num-workers 4 (-1: automatic)")
 
 
 def _facts(plan: Plan) -> list[tuple[str, str]]:
@@ -215,7 +218,7 @@ def command(
 
     env = dict(os.environ)
     gpus = torch.cuda.device_count()
-    cpus = _int(env, "SLURM_CPUS_PER_TASK") or len(os.sched_getaffinity(0))
+    cpus = _int(env, "SLURM_CPUS_PER_TASK") or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     plan = Plan(machine_rank=machine_rank, num_machines=num_machines, num_processes=num_processes, main_ip=main_process_ip,
                 main_port=main_process_port, num_workers=num_workers if num_workers is not None else _num_workers(list(ctx.args)),
                 gpus=gpus, cpus=cpus, env=env)

@@ -81,7 +81,7 @@ def train_one_epoch(
     total_batches = len(loader) + start_batch
     progress = EpochProgress(description=description, total=total_batches, enabled=accelerator.is_main_process, every=ctx.log_every)
     start = last = time.perf_counter()
-    seen_at_start = sums[2].item()
+    seen_at_start = sums[2].item()  # carried sums are global (main process only): subtract them once
     lr = ctx.apply_lr(ctx.optimizer, step)
     batch_index = start_batch
     for batch_index, (images, labels, readable) in enumerate(loader, start=start_batch + 1):
@@ -107,7 +107,7 @@ def train_one_epoch(
                              n.double(), (readable.numel() - n).double()])
         if progress.wants_stats(batch_index):
             loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
-            rate = (sums[2].item() - seen_at_start) * accelerator.num_processes / (time.perf_counter() - start)
+            rate = (sums[2].item() - seen_at_start) * accelerator.num_processes / (time.perf_counter() - start)  # estimate
             progress.update(batch_index, f"loss {loss_avg:.4f} acc {acc:.3f} lr {lr:.2e} {rate:.1f} img/s")
         else:
             progress.update(batch_index)
@@ -127,7 +127,7 @@ def train_one_epoch(
         "train_loss": total[0].item() / max(count, 1),
         "train_top1": total[1].item() / max(count, 1),
         "lr": lr,
-        "train_images_per_s": (count - seen_at_start * accelerator.num_processes) / seconds,
+        "train_images_per_s": (count - seen_at_start) / seconds,
         "train_seconds": seconds,
         "data_wait_share": data_wait / seconds,
         "train_unreadable": int(total[3].item()),

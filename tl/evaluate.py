@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from tl.errors import TLError
+from tl.splits import MANIFEST
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,8 @@ def load_split(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | N
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     tf = eval_transform(size=meta["input_size"], resize=meta["resize_size"], mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    data = build_datasets(cfg.data, seed=cfg.run.seed, train_tf=tf, eval_tf=tf)
+    manifest = _run_dir(checkpoint) / MANIFEST  # the run's own split: its test images are ones training never saw
+    data = build_datasets(cfg.data, seed=cfg.run.seed, train_tf=tf, eval_tf=tf, manifest=manifest if manifest.is_file() else None)
     if list(data.class_names) != list(meta["class_names"]):
         raise TLError(f"the data's classes {data.class_names[:4]} differ from the checkpoint's {meta['class_names'][:4]}",
                       "pass --data-dir with the folder the run was trained on")

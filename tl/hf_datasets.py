@@ -44,10 +44,14 @@ def pick_column(columns: list[str], requested: str | None, candidates: tuple[str
 
 
 def class_names(split: Any, label_column: str) -> list[str]:
+    """From the ClassLabel feature; a plain column must hold integers 0..K-1 (strings or gaps cannot be indexed)."""
     feature = split.features[label_column]
     if hasattr(feature, "names"):
         return list(feature.names)
     values = sorted(set(split[label_column]))
+    if not all(isinstance(v, int) for v in values) or values != list(range(len(values))):
+        raise TLError(f"--label-column {label_column}: values {values[:5]} are not class indices 0..K-1",
+                      "cast it to a ClassLabel (dataset.class_encode_column) and save the dataset again")
     return [str(v) for v in values]
 
 

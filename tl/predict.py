@@ -188,10 +188,10 @@ class ImagePaths:
     def __getitem__(self, index: int):
         import torch
 
-        from tl.datasets import load_rgb
+        from tl.datasets import read_image
 
-        try:
-            return self.transform(load_rgb(self.paths[index])), index, ""
+        try:  # decoded exactly as training and `tl eval` decode, so the probabilities match theirs
+            return self.transform(read_image(self.paths[index])), index, ""
         except Exception as exc:  # a TLError from PIL, or a transform failing on a degenerate image: one row, not the run
             reason = exc.__context__ if isinstance(exc, TLError) and exc.__context__ else exc
             text = f"{type(reason).__name__}: {reason}".replace(str(self.paths[index]), self.paths[index].name)
@@ -396,7 +396,7 @@ def predict_command(
     import torch
     from rich.table import Table
 
-    from tl.datasets import load_rgb
+    from tl.datasets import read_image
     from tl.progress import console
 
     missing = [str(p) for p in images if not p.is_file()]
@@ -406,7 +406,7 @@ def predict_command(
     transform, failed = predictor.transform(), 0
     for path in images:
         try:
-            image = transform(load_rgb(path))
+            image = transform(read_image(path))
         except TLError as error:
             console.print(f"{path}: {error.message}", style="red", highlight=False, markup=False, soft_wrap=True)
             failed += 1

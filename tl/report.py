@@ -104,7 +104,13 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep the lines of the first ``epochs_done`` epochs (a resumed run writes the later ones again)."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    def finished(line: str) -> bool:
+        try:
+            return json.loads(line)["epoch"] <= epochs_done
+        except (ValueError, KeyError, TypeError):  # a line cut short by the crash
+            return False
+
+    lines = [line for line in path.read_text().splitlines() if line.strip() and finished(line)]
     path.write_text("".join(line + "\n" for line in lines))
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger("tl")
 STATE_DIR = "state"
 _STATE_NAME = re.compile(r"^step-(\d{8})$")
 PROGRESS_FILE = "progress.json"
+STOP_CHECK_EVERY = 10  # steps between the all-reduces by which several processes agree to stop (SLURM warns minutes ahead)
 
 
 @dataclass

@@ -142,7 +142,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             carried = torch.tensor(progress.epoch_sums, dtype=torch.float64) if skip and accelerator.is_main_process else None
 
             def after_step(step: int, batches_done: int, sums: torch.Tensor) -> bool:
-                stopping = stop.agreed(accelerator)
+                # Several processes agree through a collective (a host sync): every STOP_CHECK_EVERY steps only.
+                stopping = stop.agreed(accelerator) if accelerator.num_processes == 1 or step % state.STOP_CHECK_EVERY == 0 else False
                 if stopping or (cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0):
                     save_state(epoch, batches_done, step, sums)
                 return stopping
