@@ -42,7 +42,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     return directory
 
 
-def _model_file(path: Path) -> Path:
+def model_file(path: Path) -> Path:
+    """The model.safetensors a checkpoint folder, run folder (its best/) or file path stands for."""
     for candidate in (path, path / MODEL_FILE, path / "best" / MODEL_FILE):
         if candidate.is_file():
             return candidate
@@ -53,13 +54,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint folder, run folder or model.safetensors file."""
     from safetensors import safe_open
 
-    model_file = _model_file(Path(path))
-    with safe_open(str(model_file), framework="pt") as handle:
+    weights_file = model_file(Path(path))
+    with safe_open(str(weights_file), framework="pt") as handle:
         raw = (handle.metadata() or {}).get("tl")
     if raw is None:
-        sidecar = model_file.parent / META_FILE
+        sidecar = weights_file.parent / META_FILE
         if not sidecar.is_file():
-            raise TLError(f"{model_file} carries no tl metadata", "it is a plain weight file: use it with --weights PATH")
+            raise TLError(f"{weights_file} carries no tl metadata", "it is a plain weight file: use it with --weights PATH")
         raw = sidecar.read_text()
     return json.loads(raw)
 
@@ -73,7 +74,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model, _ = build_model(
         meta["arch"],
         meta["num_classes"],
-        weights=str(_model_file(Path(path))),
+        weights=str(model_file(Path(path))),
         head=HeadSpec(**meta["head"]),
         cut_at=meta.get("cut_at"),
         image_size=meta["input_size"],
@@ -84,7 +85,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(_model_file(Path(path))))
+    return load_file(str(model_file(Path(path))))
 
 
 def update_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
@@ -95,12 +96,12 @@ def update_meta(path: str | Path, **fields: Any) -> dict[str, Any]:
     """
     from safetensors.torch import load_file, save_file
 
-    model_file = _model_file(Path(path))
-    meta = {**read_meta(model_file), **fields}
-    tmp = model_file.with_name(f".{model_file.name}.tmp-{os.getpid()}")
-    save_file(load_file(str(model_file)), str(tmp), metadata={"tl": json.dumps(meta, sort_keys=True), "format": "pt"})
-    os.replace(tmp, model_file)
-    sidecar = model_file.parent / META_FILE
+    weights_file = model_file(Path(path))
+    meta = {**read_meta(weights_file), **fields}
+    tmp = weights_file.with_name(f".{weights_file.name}.tmp-{os.getpid()}")
+    save_file(load_file(str(weights_file)), str(tmp), metadata={"tl": json.dumps(meta, sort_keys=True), "format": "pt"})
+    os.replace(tmp, weights_file)
+    sidecar = weights_file.parent / META_FILE
     tmp = sidecar.with_name(f".{sidecar.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, sidecar)

@@ -144,14 +144,17 @@ def _file_root(parts: list[tuple[str, Any]], cfg) -> Path | None:
 
 
 def _walk(root: Path):
-    """Every non-hidden file under ``root`` (os.scandir: one system call per folder, not per file)."""
+    """Every non-hidden file under ``root`` (os.scandir: one system call per folder, not per file).
+
+    Symlinked folders are not entered, as ``datasets.list_images`` (rglob) does not: a link loop cannot hang it.
+    """
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if entry.is_dir(follow_symlinks=True):
+                if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True):
                     yield Path(entry.path)

@@ -27,15 +27,6 @@ def is_torchvision_weights_name(weights: str) -> bool:
     return bool(_ENUM_NAME.match(weights.upper() if weights.lower() == "default" else weights)) and not Path(weights).exists()
 
 
-def _checkpoint_file(path: Path) -> Path:
-    """A tl checkpoint folder or run folder stands for the model file inside it."""
-    for candidate in (path / "model.safetensors", path / "best" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise TLError(f"--weights: {path} is a folder without model.safetensors",
-                  "pass a checkpoint folder (RUN/best) or the weight file itself")
-
-
 def read_state_dict(path_like: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors``, a ``.pth``/``.pt``/``.bin`` state dict, or a tl checkpoint.
 
@@ -47,7 +38,9 @@ def read_state_dict(path_like: str | Path, *, trust_pickle: bool = False) -> dic
         raise TLError(f"--weights: no such file {path}",
                       "give a local .safetensors/.pth file, DEFAULT for torchvision's weights, or none")
     if path.is_dir():
-        path = _checkpoint_file(path)
+        from tl.checkpoint import model_file
+
+        path = model_file(path)  # a tl checkpoint folder (RUN/best) or run folder stands for its model file
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
