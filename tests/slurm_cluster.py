@@ -19,6 +19,9 @@ SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
+# A requeued job may start again only once the old job's credential expires (default 120 s); 10 s keeps the
+# preemption test short without starting it early (an early start fails with 'Job credential revoked').
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
