@@ -1,4 +1,4 @@
-"""The dataset flags shared by ``tl check-data`` and ``tl stats``, declared once.
+"""The dataset flags shared by ``tl train``, ``tl check-data`` and ``tl stats``, declared once.
 
 Names, help and defaults follow ``tl train``'s Data panel, so a data command line moves between the three
 unchanged: ``tl check-data --dataset imagefolder --data-dir D`` checks exactly what ``tl train ... --data-dir D`` reads.

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from tl import config
+from tl import dataflags as flags  # the data flags check-data and stats share with train
 from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from tl.errors import TLError
 
@@ -54,8 +55,8 @@ def command(
     cut_at: Annotated[Optional[str], typer.Option(help="Take features from this earlier layer (e.g. layer3), global-pooled.", rich_help_panel=MODEL)] = ModelConfig.cut_at,
     aux_loss_weight: Annotated[float, typer.Option(help="Weight of inception_v3/googlenet auxiliary losses.", rich_help_panel=MODEL)] = ModelConfig.aux_loss_weight,
     trust_pickle: Annotated[bool, typer.Option(help="Load a --weights file that holds a pickled model (runs its code: only for files you trust).", rich_help_panel=MODEL)] = ModelConfig.trust_pickle,
-    dataset: Annotated[str, typer.Option(help="synthetic | imagefolder | cifar10 | caltech101 | hf:<hub id or save_to_disk folder>.", rich_help_panel=DATA)] = DataConfig.dataset,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with train/<class>/ and val/<class>/ (or one folder per class).", rich_help_panel=DATA)] = None,
+    dataset: flags.Dataset = DataConfig.dataset,
+    data_dir: flags.DataDir = DataConfig.data_dir,
     image_size: Annotated[Optional[int], typer.Option(help="Input size; default: the architecture's pretrained size.", rich_help_panel=DATA)] = DataConfig.image_size,
     augment: Annotated[Augment, typer.Option(help="basic: random resized crop + flip; strong: + rotation, colour jitter; trivial: + TrivialAugmentWide; none.", rich_help_panel=DATA)] = Augment(DataConfig.augment),
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).", rich_help_panel=DATA)] = DataConfig.mixup,
@@ -63,11 +64,11 @@ def command(
     crop_scale_min: Annotated[float, typer.Option(help="Smallest area share of the random resized crop.", rich_help_panel=DATA)] = DataConfig.crop_scale_min,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share held out for validation where the data has no val split (default: 0.2; cifar10 0.1; caltech101 0.25).", rich_help_panel=DATA)] = DataConfig.val_fraction,
     test_fraction: Annotated[Optional[float], typer.Option(help="Share held out for testing where tl makes the split (default: caltech101 0.25, else none).", rich_help_panel=DATA)] = DataConfig.test_fraction,
-    download: Annotated[bool, typer.Option(help="cifar10/caltech101: download into --data-dir when missing (needs internet).", rich_help_panel=DATA)] = DataConfig.download,
-    image_column: Annotated[Optional[str], typer.Option(help="hf: datasets: the image column (default: image, img, ...).", rich_help_panel=DATA)] = DataConfig.image_column,
-    label_column: Annotated[Optional[str], typer.Option(help="hf: datasets: the label column (default: label, labels, ...).", rich_help_panel=DATA)] = DataConfig.label_column,
+    download: flags.Download = DataConfig.download,
+    image_column: flags.ImageColumn = DataConfig.image_column,
+    label_column: flags.LabelColumn = DataConfig.label_column,
     strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of leaving it out (and counting it).", rich_help_panel=DATA)] = DataConfig.strict,
-    caltech_background: Annotated[bool, typer.Option(help="caltech101: keep the BACKGROUND_Google clutter class.", rich_help_panel=DATA)] = DataConfig.caltech_background,
+    caltech_background: flags.CaltechBackground = DataConfig.caltech_background,
     batch_size: Annotated[int, typer.Option(help="Images per step per process.", rich_help_panel=DATA)] = DataConfig.batch_size,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per process; -1: automatic.", rich_help_panel=DATA)] = DataConfig.num_workers,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean, R,G,B (default ImageNet's).", rich_help_panel=DATA)] = None,
