@@ -163,3 +163,35 @@ def test_hf_labels_that_are_not_class_indices_are_refused(tmp_path):
     with pytest.raises(TLError, match="not class indices") as excinfo:
         _build(dataset=f"hf:{tmp_path / 's'}")
     assert "class_encode_column" in excinfo.value.hint
+
+
+def test_file_list_is_cached_in_the_manifest(tmp_path):
+    """The run's manifest keeps the folder's file list: a second build reads it instead of walking the folder,
+    so an image added later is not picked up, and an image that is gone is one clear error."""
+    root = make_image_folder(tmp_path / "data", {"cat": (200, 40, 40), "dog": (40, 40, 200)}, 3)
+    manifest = tmp_path / "run" / "split.json"
+    first = _build(dataset="imagefolder", data_dir=str(root), manifest=manifest)
+    record = json.loads(manifest.read_text())
+    assert record["files"]["classes"] == ["cat", "dog"]
+    assert sorted(record["splits"]) == ["train", "val"] and len(record["splits"]["train"]) == len(first.train)
+    write_image(root / "train" / "cat" / "late.png", (1, 2, 3))
+    again = _build(dataset="imagefolder", data_dir=str(root), manifest=manifest)
+    assert again.train.samples == first.train.samples and again.fingerprint == first.fingerprint
+    fresh = _build(dataset="imagefolder", data_dir=str(root))  # no manifest: the folder is walked
+    assert len(fresh.train) == len(first.train) + 1 and fresh.fingerprint != first.fingerprint
+    first.val.samples[0][0].unlink()
+    with pytest.raises(TLError, match="gone"):
+        _build(dataset="imagefolder", data_dir=str(root), manifest=manifest)
+
+
+def test_scan_order_skips_hidden_and_does_not_follow_folder_links(tmp_path):
+    from tl.datasets import scan_images
+
+    root = tmp_path / "imgs"
+    for rel in ("b/2.jpg", "a/x/1.PNG", "a-b/0.jpg", "a/0.jpg", ".hidden/1.jpg", "a/.h.jpg", "a/notes.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"12345")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    found = scan_images(root)
+    assert [p.relative_to(root).as_posix() for p in found] == ["a/0.jpg", "a/x/1.PNG", "a-b/0.jpg", "b/2.jpg"]
+    assert list(found) == sorted(found) and set(found.values()) == {5}

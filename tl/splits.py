@@ -3,6 +3,10 @@
 A dataset without an official split (Caltech-101, a flat folder of class folders) is split once per run;
 the split is written to ``OUT/split.json`` and read back on resume, by ``tl eval`` and by anyone
 reproducing the run, so the test images stay the ones training never saw.
+
+The manifest also caches a folder dataset's file list (class names and each split's files with their labels):
+a run that has one does not walk the folder again, which on a network file system with hundreds of thousands
+of files is the slow part. Manifests without that cache (older runs) are read as before.
 """
 
 from __future__ import annotations
@@ -53,10 +57,33 @@ def split_with_manifest(keys: list[str], labels: list[int], *, val_fraction: flo
         return {name: [position[k] for k in part] for name, part in recorded["splits"].items()}
     splits = three_way(labels, val_fraction, test_fraction, seed)
     if manifest is not None:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                  "splits": {name: [keys[i] for i in part] for name, part in splits.items()}}
-        tmp = manifest.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(manifest)
+        _write(manifest, {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                          "splits": {name: [keys[i] for i in part] for name, part in splits.items()}})
     return splits
+
+
+def _write(manifest: Path, record: dict) -> None:
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(manifest)
+
+
+def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tuple[str, int]]]) -> None:
+    """Record the class names and each split's (relative path, label) pairs in ``manifest`` (added to a split
+    already recorded there)."""
+    record = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    record["splits"] = {name: [key for key, _ in pairs] for name, pairs in parts.items()}
+    record["files"] = {"classes": classes, "labels": {name: [label for _, label in pairs] for name, pairs in parts.items()}}
+    _write(manifest, record)
+
+
+def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]]] | None:
+    """(class names, {split: [(relative path, label)]}) cached in ``manifest``; None when it has no file list."""
+    if manifest is None or not manifest.is_file():
+        return None
+    record = json.loads(manifest.read_text())
+    files = record.get("files")
+    if not files:
+        return None
+    return files["classes"], {name: list(zip(keys, files["labels"][name])) for name, keys in record["splits"].items()}
