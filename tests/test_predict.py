@@ -193,3 +193,35 @@ def test_tl_predict_dir_and_module_list_the_same_options():
     options = set(re.findall(r"--[a-z][a-z0-9-]+", via_tl.stdout))
     assert {"--out", "--checkpoint", "--arch", "--weights", "--top-k", "--resume", "--tta", "--no-calibration", "--label-names"} <= options
     assert options == set(re.findall(r"--[a-z][a-z0-9-]+", via_module.stdout))
+
+
+def test_batch_normalize_matches_the_eval_transform():
+    """Workers send uint8 crops and the batch is normalised where the model runs: same numbers as eval_transform."""
+    import torch
+
+    from tl.transforms import BatchNormalize, eval_pixels, eval_transform
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    image = torch.randint(0, 256, (3, 40, 52), dtype=torch.uint8)
+    reference = eval_transform(size=24, resize=28, mean=mean, std=std)(image)
+    pixels = eval_pixels(size=24, resize=28)(image)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 24, 24)
+    normalized = BatchNormalize(mean, std)(pixels[None], channels_last=True)
+    assert normalized.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(normalized[0], reference, atol=1e-5)
+
+
+def test_precision_auto_stays_close_to_fp32(run, tmp_path):
+    """auto is bf16 on CPUs with native bf16 (fp32 elsewhere): probabilities within a bf16 rounding of fp32."""
+    from tl.hardware import cpu_has_native_bf16
+
+    data = run.parent / "data" / "val"
+    common = ("--checkpoint", run / "best", "--num-workers", "0")
+    assert cli("predict-dir", data, "--out", tmp_path / "auto.csv", *common).exit_code == 0
+    assert cli("predict-dir", data, "--out", tmp_path / "fp32.csv", "--precision", "fp32", *common).exit_code == 0
+    auto, exact = read_rows(tmp_path / "auto.csv"), read_rows(tmp_path / "fp32.csv")
+    assert [r["path"] for r in auto] == [r["path"] for r in exact] and len(auto) == 12
+    gaps = [abs(float(a[k]) - float(b[k])) for a, b in zip(auto, exact) for k in a if k.startswith("p_")]
+    assert max(gaps) < 0.03
+    if not cpu_has_native_bf16():
+        assert max(gaps) < 1e-5  # auto is fp32 here

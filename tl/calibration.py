@@ -53,8 +53,10 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 
 
 @torch.no_grad()
-def collect_logits(model: nn.Module, loader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(logits, labels, unreadable count) over a loader of ``(image, label[, readable])`` batches, in fp32.
+def collect_logits(model: nn.Module, loader, device: torch.device | str = "cpu",
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(logits, labels, unreadable count) over a loader of ``(image, label[, readable])`` batches, returned in
+    fp32; ``dtype`` computes them under autocast (bf16/fp16), as prediction does.
 
     Images the dataset marked unreadable are left out: their stand-in pixels say nothing about calibration.
     """
@@ -65,7 +67,8 @@ def collect_logits(model: nn.Module, loader, device: torch.device | str = "cpu")
     for batch in loader:
         images, labels = batch[0], batch[1]
         readable = batch[2].bool() if len(batch) > 2 else torch.ones(len(labels), dtype=torch.bool)
-        logits = split_outputs(model(images.to(device)))[0].float().cpu()
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = split_outputs(model(images.to(device)))[0].float().cpu()
         all_logits.append(logits[readable])
         all_labels.append(torch.as_tensor(labels)[readable])
         unreadable += int((~readable).sum())

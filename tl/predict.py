@@ -56,9 +56,21 @@ class Predictor:
     temperature: float = 1.0
 
     def transform(self):
+        """File -> normalised float tensor, as ``tl eval`` preprocesses."""
         from tl.transforms import eval_transform
 
         return eval_transform(size=self.size, resize=self.resize, mean=self.mean, std=self.std)
+
+    def pixels(self):
+        """File -> uint8 tensor: ``transform``'s geometry, for loader workers; ``normalizer`` does the rest per batch."""
+        from tl.transforms import eval_pixels
+
+        return eval_pixels(size=self.size, resize=self.resize)
+
+    def normalizer(self):
+        from tl.transforms import BatchNormalize
+
+        return BatchNormalize(self.mean, self.std)
 
 
 def load_predictor(checkpoint: Path | None = None, arch: str | None = None, weights: str = "DEFAULT", *,
@@ -144,14 +156,18 @@ def read_label_names(path: Path, class_names: list[str]) -> list[str]:
 
 
 def autocast_dtype(precision: Precision, device: "torch.device"):
-    """None for fp32. auto: half precision on a GPU, fp32 on the CPU (exactly what ``tl eval`` computes)."""
+    """None for fp32. auto: half precision where the device computes it natively (a GPU; a CPU with AVX512-BF16
+    or AMX), fp32 elsewhere. ``tl eval`` uses the same choice, so the two agree."""
     import torch
 
+    from tl.hardware import cpu_has_native_bf16
     from tl.progress import log
 
     if precision == Precision.auto:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
         return torch.float16 if device.type == "mps" else None
     if precision == Precision.fp16 and device.type == "cpu":
         log.warning("fp16 autocast does nothing on the CPU; using bf16 instead")
@@ -195,7 +211,7 @@ class ImagePaths:
         except Exception as exc:  # a TLError from PIL, or a transform failing on a degenerate image: one row, not the run
             reason = exc.__context__ if isinstance(exc, TLError) and exc.__context__ else exc
             text = f"{type(reason).__name__}: {reason}".replace(str(self.paths[index]), self.paths[index].name)
-            return torch.zeros(3, self.size, self.size), index, " ".join(text.split())
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, " ".join(text.split())
 
 
 @dataclass
@@ -277,7 +293,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         dtype = autocast_dtype(precision, device)
         model = predictor.model.to(device, memory_format=torch.channels_last)  # faster convolutions, same results
         predictor.model = model
-        dataset = ImagePaths([files[i] for i in pending], predictor.transform(), predictor.size)
+        dataset = ImagePaths([files[i] for i in pending], predictor.pixels(), predictor.size)
+        normalize = predictor.normalizer()
         workers = resolve_workers(num_workers, accelerator.num_processes)
         loader = accelerator.prepare_data_loader(DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
@@ -286,7 +303,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
                                  every=max(1, len(loader) // 10))
         with torch.inference_mode():
             for step, (batch, indices, errors) in enumerate(loader, start=1):
-                probs = probabilities(predictor, batch.contiguous(memory_format=torch.channels_last), tta=tta, dtype=dtype)
+                images = normalize(batch.to(device, non_blocking=True), channels_last=True)
+                probs = probabilities(predictor, images, tta=tta, dtype=dtype)
                 local_errors = [(int(i), e) for i, e in zip(indices, errors) if e]
                 indices, probs = accelerator.gather_for_metrics((indices, probs))
                 error_of = dict(gather_object(local_errors))  # every process gets every message (a padded repeat is harmless)
@@ -334,7 +352,7 @@ WeightsOpt = Annotated[str, typer.Option(help="With --arch: DEFAULT, a torchvisi
 CalibrationOpt = Annotated[bool, typer.Option(help="Apply the temperature stored in the checkpoint (calibrated probabilities).", rich_help_panel=MODEL)]
 TtaOpt = Annotated[bool, typer.Option(help="Average each prediction with that of the mirrored image.", rich_help_panel=MODEL)]
 LabelNamesOpt = Annotated[Optional[Path], typer.Option(help="JSON ({class: name}) or CSV (class,name) of display names.", rich_help_panel=OUTPUT)]
-PrecisionOpt = Annotated[Precision, typer.Option(help="auto: half precision on a GPU, fp32 on the CPU.", rich_help_panel=RUN)]
+PrecisionOpt = Annotated[Precision, typer.Option(help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.", rich_help_panel=RUN)]
 
 
 def predict_dir_command(
