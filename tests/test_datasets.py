@@ -195,3 +195,24 @@ def test_scan_order_skips_hidden_and_does_not_follow_folder_links(tmp_path):
     found = scan_images(root)
     assert [p.relative_to(root).as_posix() for p in found] == ["a/0.jpg", "a/x/1.PNG", "a-b/0.jpg", "b/2.jpg"]
     assert list(found) == sorted(found) and set(found.values()) == {5}
+
+
+def test_decoded_cache_gives_the_same_samples_and_respects_its_budget(tmp_path):
+    """Preloaded images go through the same transforms with the same seeds: identical tensors; a set over
+    the budget is streamed; a bad file stays a masked, reported sample."""
+    from tl.datasets import EpochSeeded
+    from tl.image_cache import decoded_size, parse_budget, preload
+
+    root = make_image_folder(tmp_path / "data", {"cat": (200, 40, 40), "dog": (40, 40, 200)}, 3, size=20)
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    streamed, cached = _build(dataset="imagefolder", data_dir=str(root)), _build(dataset="imagefolder", data_dir=str(root))
+    paths = [p for p, _ in cached.train.samples + cached.val.samples]
+    assert preload([cached.train, cached.val], budget=10) == 0 and cached.train.decoded is None  # too big for 10 bytes
+    held = preload([cached.train, cached.val], budget=parse_budget("64"))
+    assert held == decoded_size(paths, 1 << 30) > 0 and len(cached.train.decoded) == len(cached.train)
+    for index in range(len(streamed.train)):
+        a, b = EpochSeeded(streamed.train, 5)[index], EpochSeeded(cached.train, 5)[index]
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    broken = [i for i, (p, _) in enumerate(cached.train.samples) if p.name == "broken.jpg"][0]
+    assert cached.train.decoded[broken] is None and cached.train[broken][2] is False
+    assert parse_budget("off") == 0 and parse_budget("auto") > 0

@@ -239,9 +239,18 @@ def find_images(images: Path) -> list[Path]:
     return files
 
 
-def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: int = 32, num_workers: int = -1,
+CPU_BATCH, GPU_BATCH = 8, 64
+
+
+def default_batch_size(device: "torch.device") -> int:
+    """Small batches on the CPU: activations of a few images stay in cache (squeezenet1_0, bf16, this project's
+    CPU: ~300 images/s at batch 4-8, ~130 at 32); large ones keep a GPU busy."""
+    return CPU_BATCH if device.type == "cpu" else GPU_BATCH
+
+
+def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: int = 0, num_workers: int = -1,
                 top_k: int | None = None, tta: bool = False, precision: Precision = Precision.auto,
-                resume: bool = False, overwrite: bool = False) -> Summary:
+                resume: bool = False, overwrite: bool = False, compile: bool = False) -> Summary:
     """Predict every image under ``images`` into ``out``, streaming: each batch's rows are written and flushed
     as soon as they are computed. Under ``accelerate launch`` the processes take turns by batch and the main
     process writes the gathered rows, so the file is the same as a single process writes."""
@@ -292,7 +301,12 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         device = accelerator.device
         dtype = autocast_dtype(precision, device)
         model = predictor.model.to(device, memory_format=torch.channels_last)  # faster convolutions, same results
+        if compile:
+            from tl.fastpaths import compile_model
+
+            compile_model(model, device)
         predictor.model = model
+        batch_size = batch_size or default_batch_size(device)
         dataset = ImagePaths([files[i] for i in pending], predictor.pixels(), predictor.size)
         normalize = predictor.normalizer()
         workers = resolve_workers(num_workers, accelerator.num_processes)
@@ -367,9 +381,10 @@ def predict_dir_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.", rich_help_panel=OUTPUT)] = False,
     tta: TtaOpt = False,
     calibration: CalibrationOpt = True,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass per process.", rich_help_panel=RUN)] = 32,
+    batch_size: Annotated[int, typer.Option(help=f"Images per forward pass per process; 0: {CPU_BATCH} on the CPU, {GPU_BATCH} on a GPU.", rich_help_panel=RUN)] = 0,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per process; -1: automatic.", rich_help_panel=RUN)] = -1,
     precision: PrecisionOpt = Precision.auto,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: pays off on large folders (compiling takes ~30 s on a small CPU).", rich_help_panel=RUN)] = False,
 ) -> None:
     """Predict every image in a folder into a CSV, streaming (exit 0: all read; 1: some unreadable; 2: bad input).
 
@@ -381,14 +396,14 @@ def predict_dir_command(
 
       accelerate launch -m tl.predict_dir photos/ --checkpoint runs/r18/best --out preds.csv
     """
-    if batch_size < 1:
-        raise TLError("--batch-size: must be at least 1")
+    if batch_size < 0:
+        raise TLError("--batch-size: must be at least 1 (or 0 for the automatic size)")
     if top_k is not None and top_k < 0:
         raise TLError("--top-k: must be >= 0", "0 writes one column per class")
     check_folder(images)
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
     summary = predict_dir(predictor, images, out, batch_size=batch_size, num_workers=num_workers, top_k=top_k, tta=tta,
-                          precision=precision, resume=resume, overwrite=overwrite)
+                          precision=precision, resume=resume, overwrite=overwrite, compile=compile)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
