@@ -33,6 +33,12 @@ from tl import datacheck, datasplit, datastats  # noqa: E402  (typer only at imp
 app.command("check-data")(datacheck.command)
 app.command("split")(datasplit.command)
 app.command("stats")(datastats.command)
+from tl.viz import curves, gradcam, grids, lrfind  # noqa: E402  (typer only at import; matplotlib and torch inside the commands)
+app.command("plot")(curves.command)
+app.command("show-batch")(grids.show_batch_command)
+app.command("show-predictions")(grids.show_predictions_command)
+app.command("gradcam")(gradcam.command)
+app.command("lr-find")(lrfind.command)
 
 
 def _report(error: TLError) -> None:

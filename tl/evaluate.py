@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from tl.errors import TLError
+from tl.predict import Precision
 from tl.splits import MANIFEST
 
 if TYPE_CHECKING:
@@ -76,28 +77,6 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], class_names: lis
             writer.writerow([csv_safe(name), *row])
 
 
-def write_confusion_png(path: Path, confusion: list[list[int]], class_names: list[str]) -> bool:
-    """A heat map when matplotlib is installed; nothing (and no complaint) otherwise."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    size = max(4.0, 0.4 * len(class_names))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
 def load_split(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | None = None):
     """(dataset, checkpoint meta): the run's split rebuilt from its config.json with the checkpoint's eval preprocessing."""
     from tl.checkpoint import read_meta
@@ -126,21 +105,25 @@ def load_split(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | N
 
 
 def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | None = None,
-                        batch_size: int = 64, num_workers: int = -1) -> dict[str, Any]:
-    """The metrics of ``checkpoint`` on its run's ``split``; see the module docstring."""
+                        batch_size: int = 64, num_workers: int = -1, precision: str = "auto") -> dict[str, Any]:
+    """The metrics of ``checkpoint`` on its run's ``split``; see the module docstring. ``precision`` is chosen as
+    ``tl predict-dir`` chooses it, so the two give the same labels."""
     import torch
     from torch.utils.data import DataLoader
 
     from tl.calibration import collect_logits, expected_calibration_error, nll
     from tl.checkpoint import load_checkpoint
     from tl.distributed import num_workers as resolve_workers
+    from tl.predict import autocast_dtype
 
     dataset, meta = load_split(checkpoint, split, data_dir=data_dir)
     model, _ = load_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers, 1))
-    logits, labels, unreadable = collect_logits(model.to(device), loader, device)
+    dtype = autocast_dtype(Precision(precision), torch.device(device))
+    logits, labels, unreadable = collect_logits(model.to(device), loader, device, dtype=dtype)
     result = {"checkpoint": str(checkpoint), "split": split.value, "unreadable": unreadable,
+              "precision": str(dtype).replace("torch.", "") if dtype else "float32",
               **classification_metrics(logits, labels, meta["class_names"])}
     temperature = meta.get("temperature")
     result["calibration"] = {
@@ -187,19 +170,24 @@ def command(
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the run's image folder is now, if it moved.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.")] = -1,
+    precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs and on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
 ) -> None:
     """Evaluate a checkpoint on its run's validation or test split.
 
     Example: tl eval --checkpoint runs/r18/best --split test
     """
-    result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers)
+    result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
+                                 precision=precision.value)
     out = out or _run_dir(checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     confusion_csv = out.with_name(out.stem + "_confusion.csv")
     write_confusion_csv(confusion_csv, result["confusion_matrix"], [c["class"] for c in result["per_class"]])
     result["confusion_csv"] = str(confusion_csv)
-    png = out.with_name(out.stem + "_confusion.png")
-    if write_confusion_png(png, result["confusion_matrix"], [c["class"] for c in result["per_class"]]):
+    from tl.viz.confusion import confusion_png_if_available
+
+    png = confusion_png_if_available(out.with_name(out.stem + "_confusion.png"), result["confusion_matrix"],
+                                     [c["class"] for c in result["per_class"]])
+    if png is not None:  # without the viz extra (pip install 'tl[viz]') the CSV alone is written
         result["confusion_png"] = str(png)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_report(result, out)
