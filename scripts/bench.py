@@ -5,6 +5,17 @@
 
     .venv/bin/python scripts/bench.py loader --images hymenoptera_data    # a train/<class>/ tree
 
+    .venv/bin/python scripts/bench.py train                         # quick: own images + random squeezenet1_0
+    .venv/bin/python scripts/bench.py train --images hymenoptera_data --weights squeezenet1_0.safetensors
+    .venv/bin/python scripts/bench.py train --strategy linear --epochs 3 ...   # the feature cache
+    .venv/bin/python scripts/bench.py all                           # each of them with its defaults
+
+``train`` times ``tl train``'s code path (``tl.train.run``: its default fast paths, timed by its own
+``train_seconds``) against the tutorials' loop (``ImageFolder`` + PIL transforms + ``DataLoader`` + a plain
+fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size, epochs
+and workers, alternating them; ``full`` trains everything with augmentation, ``linear`` trains the head
+on a frozen backbone without augmentation (the tutorials' "fixed feature extractor").
+
 ``loader`` times one epoch of tl's training input pipeline (``ImageFiles`` + ``train_transform`` on uint8
 tensors + per-sample seeding) against the tutorials' ``ImageFolder`` + PIL ``transforms`` pipeline, with the
 same DataLoader settings. ``predict`` times ``tl predict-dir``'s code path (``tl.predict.predict_dir``: DataLoader workers, batches,
@@ -56,17 +67,17 @@ def quick_checkpoint(folder: Path, arch: str = "squeezenet1_0", size: int = 224)
 
 
 def per_image_loop(checkpoint: Path, files: list[Path]) -> float:
-    """The baseline: what a first script does. Returns images/s."""
+    """The baseline: what a first script does (PIL transforms as the tutorials write them, fp32). Returns images/s."""
     import torch
     from PIL import Image
+    from torchvision import transforms as T
 
     from tl.checkpoint import load_checkpoint
-    from tl.transforms import eval_transform
 
     model, meta = load_checkpoint(checkpoint)
     model.eval()
-    transform = eval_transform(size=meta["input_size"], resize=meta["resize_size"],
-                               mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    transform = T.Compose([T.Resize(meta["resize_size"]), T.CenterCrop(meta["input_size"]), T.ToTensor(),
+                           T.Normalize(meta["mean"], meta["std"])])
     start = time.perf_counter()
     with torch.no_grad():
         for path in files:
@@ -164,6 +175,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
     from tl.config import DataConfig
     from tl.datasets import EpochSeeded, build_datasets
+    from tl.image_cache import auto_budget, preload
     from tl.models import IMAGENET_MEAN, IMAGENET_STD
     from tl.transforms import eval_transform, train_transform
 
@@ -178,21 +190,231 @@ def bench_loader(args: argparse.Namespace) -> dict:
     baseline = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([
         T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
     tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    data = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0,
-                          train_tf=train_transform(**tf), eval_tf=eval_transform(**tf))
-    ours = EpochSeeded(data.train, 0)
+    build = lambda: build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0,
+                                   train_tf=train_transform(**tf), eval_tf=eval_transform(**tf))
+    streamed = EpochSeeded(build().train, 0)
+    cached_data = build()
+    start = time.perf_counter()
+    cached_bytes = preload([cached_data.train], auto_budget())  # what tl train does by default (--cache-images auto)
+    cache_seconds = time.perf_counter() - start
+    cached = EpochSeeded(cached_data.train, 0)
     workers = args.num_workers if args.num_workers >= 0 else min(8, os.cpu_count() or 1)
-    runs: dict[str, list[float]] = {"ImageFolder + PIL transforms": [], "tl train pipeline": []}
+    base, stream, cache = "ImageFolder + PIL transforms", "tl, streamed (--cache-images off)", "tl, decoded cache (default)"
+    runs: dict[str, list[float]] = {base: [], stream: []} | ({cache: []} if cached_bytes else {})
     load_before = os.getloadavg()
     for _ in range(args.repeats):
-        runs["ImageFolder + PIL transforms"].append(_epoch_rate(baseline, args.batch_size, workers))
-        runs["tl train pipeline"].append(_epoch_rate(ours, args.batch_size, workers))
-    medians, ratio = report_runs(f"loader: {len(ours)} images at {size} px, {workers} workers, batch {args.batch_size}", runs,
-                                 baseline="ImageFolder + PIL transforms", candidate="tl train pipeline")
-    return {"bench": "loader", "images": str(images), "count": len(ours), "size": size, "batch_size": args.batch_size,
+        runs[base].append(_epoch_rate(baseline, args.batch_size, workers))
+        runs[stream].append(_epoch_rate(streamed, args.batch_size, workers))
+        if cached_bytes:
+            runs[cache].append(_epoch_rate(cached, args.batch_size, workers))
+    candidate = cache if cached_bytes else stream
+    medians, ratio = report_runs(f"loader: {len(streamed)} images at {size} px, {workers} workers, batch {args.batch_size}", runs,
+                                 baseline=base, candidate=candidate)
+    streamed_ratio = medians[stream] / medians[base]
+    print(f"streamed/baseline {streamed_ratio:.2f}x; decoded cache: {cached_bytes / 2**20:.0f} MiB built once in {cache_seconds:.2f} s "
+          f"(= {len(streamed) / cache_seconds:.0f} img/s, paid in the first epoch only)" if cached_bytes else
+          "decoded cache not used: the images exceed its budget")
+    return {"bench": "loader", "images": str(images), "count": len(streamed), "size": size, "batch_size": args.batch_size,
             "num_workers": workers, "repeats": args.repeats, "runs": runs, "median_images_per_s": medians, "ratio": ratio,
+            "streamed_ratio": streamed_ratio, "cache_mib": cached_bytes / 2**20, "cache_build_seconds": cache_seconds,
             "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                         "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+
+
+class PeakMemory:
+    """Peak memory while the block runs: GPU memory allocated by torch on CUDA, else the resident set size
+    of this process, sampled every 20 ms (DataLoader workers are processes of their own and not counted)."""
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.peak_mb = 0.0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            with open("/proc/self/statm") as handle:
+                self.peak_mb = max(self.peak_mb, int(handle.read().split()[1]) * page / 2**20)
+            if self._stop.wait(0.02):
+                return
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def report_table(title: str, runs: dict[str, list[dict]], *, baseline: str, candidate: str) -> dict:
+    """Print medians of images/s, seconds and peak memory per method, and the candidate/baseline ratio of images/s."""
+    from rich.console import Console
+    from rich.table import Table
+
+    med = {name: {key: statistics.median(r[key] for r in results) for key in ("images_per_s", "seconds", "peak_mb")}
+           for name, results in runs.items()}
+    ratio = med[candidate]["images_per_s"] / med[baseline]["images_per_s"]
+    table = Table(title=title, title_justify="left")
+    for column in ("method", "median img/s", "median s", "peak MB", "img/s per run"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, results in runs.items():
+        m = med[name]
+        table.add_row(name, f"{m['images_per_s']:.1f}", f"{m['seconds']:.1f}", f"{m['peak_mb']:.0f}",
+                      " ".join(f"{r['images_per_s']:.1f}" for r in results))
+    table.add_row(f"ratio ({candidate} / {baseline})", f"{ratio:.2f}x", "", "", "")
+    Console().print(table)
+    return {"medians": med, "ratio": ratio}
+
+
+def _train_images(args: argparse.Namespace) -> Path:
+    """``--images``, or 2 classes x 48 generated photo-sized JPEGs (val is train: only speed is measured)."""
+    if args.images is not None:
+        return args.images
+    images = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "data"
+    for name in ("a", "b"):
+        (images / "train" / name).mkdir(parents=True)
+        quick_images(images / "train" / name, args.per_class)
+    (images / "val").symlink_to(images / "train")
+    return images
+
+
+def tutorial_train(images: Path, args: argparse.Namespace, workers: int) -> dict:
+    """The baseline: the PyTorch transfer-learning tutorial's loop, fp32, NCHW, ``.item()`` every step."""
+    import torch
+    from torch import nn
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    from tl.heads import HeadSpec, head_param_names
+    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+    torch.manual_seed(0)
+    if args.strategy == "full":
+        tf = [T.RandomResizedCrop(args.size), T.RandomHorizontalFlip()]
+    else:
+        tf = [T.Resize(round(args.size / 0.875)), T.CenterCrop(args.size)]
+    dataset = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([*tf, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    model, _ = build_model(args.arch, len(dataset.classes), weights=args.weights, head=HeadSpec(), image_size=args.size)
+    if args.strategy == "linear":  # the tutorial's "ConvNet as fixed feature extractor"
+        heads = head_param_names(model)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in heads)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    count, start = 0, time.perf_counter()
+    with PeakMemory() as memory:
+        for _ in range(args.epochs):
+            model.train()
+            running_loss, corrects = 0.0, 0
+            for inputs, labels in loader:
+                optimizer.zero_grad()
+                outputs = model(inputs)
+                loss = criterion(outputs, labels)
+                loss.backward()
+                optimizer.step()
+                running_loss += loss.item() * inputs.size(0)
+                corrects += int((outputs.argmax(1) == labels).sum())
+                count += inputs.size(0)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": count / seconds, "seconds": seconds, "peak_mb": memory.peak_mb}
+
+
+def tl_train(images: Path, args: argparse.Namespace, workers: int, out: Path) -> dict:
+    """``tl train`` as the command runs it (``tl.train.run``); its own epoch timers give the training time."""
+    from tl.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+    from tl.progress import console
+    from tl.train import run
+
+    cfg = TrainConfig(
+        data=DataConfig(dataset="imagefolder", data_dir=str(images), image_size=args.size, batch_size=args.batch_size,
+                        num_workers=workers, augment="basic" if args.strategy == "full" else "none"),
+        model=ModelConfig(arch=args.arch, weights=args.weights),
+        finetune=FinetuneConfig(strategy=args.strategy),
+        run=RunConfig(out=str(out), epochs=args.epochs, overwrite=True, log_every=10**6, compile=args.compile,
+                      mixed_precision=args.precision, channels_last=not args.no_channels_last,
+                      cache_features=not args.no_cache_features),
+    )
+    console.quiet = True
+    try:
+        with PeakMemory() as memory:
+            run(cfg)
+    finally:
+        console.quiet = False
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds = sum(m["train_seconds"] for m in epochs)
+    count = sum(m["train_images_per_s"] * m["train_seconds"] for m in epochs)
+    return {"images_per_s": count / seconds, "seconds": seconds, "peak_mb": memory.peak_mb,
+            "val_top1": epochs[-1]["val_top1"], "data_wait_share": statistics.mean(m["data_wait_share"] for m in epochs),
+            "precision": epochs[-1]["precision"], "channels_last": epochs[-1]["channels_last"],
+            "compiled": epochs[-1]["compiled"], "feature_cache": epochs[-1]["feature_cache"]}
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from tl.distributed import num_workers
+
+    logging.getLogger("tl").disabled = True  # progress lines would be timed too
+    images = _train_images(args)
+    workers = num_workers(args.num_workers, 1)
+    scratch = Path(tempfile.mkdtemp(prefix="tl-bench-train-"))
+    baseline, candidate = "tutorial loop", "tl train"
+    runs: dict[str, list[dict]] = {baseline: [], candidate: []}
+    load_before = os.getloadavg()
+    for repeat in range(args.repeats):
+        for name in [baseline, candidate][:: 1 if repeat % 2 == 0 else -1]:
+            result = tutorial_train(images, args, workers) if name == baseline else tl_train(images, args, workers, scratch / f"run{repeat}")
+            runs[name].append(result)
+            print(f"repeat {repeat + 1}/{args.repeats}: {name} {result['images_per_s']:.1f} img/s ({result['seconds']:.1f}s)", file=sys.stderr)
+    title = (f"train ({args.strategy}): {args.arch} at {args.size} px, batch {args.batch_size}, {args.epochs} epoch(s), "
+             f"{workers} workers, {images}")
+    summary = report_table(title, runs, baseline=baseline, candidate=candidate)
+    return {"bench": "train", "images": str(images), "arch": args.arch, "weights": args.weights, "strategy": args.strategy,
+            "size": args.size, "batch_size": args.batch_size, "epochs": args.epochs, "num_workers": workers,
+            "repeats": args.repeats, "runs": runs, **summary,
+            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "python": platform.python_version(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                        "load_average_before": load_before, "load_average_after": os.getloadavg()}}
+
+
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("--images", type=Path, help="a folder with train/<class>/ and val/<class>/ (default: 96 generated 400x300 JPEGs)")
+    train.add_argument("--per-class", type=int, default=48, help="generated images per class when --images is not given")
+    train.add_argument("--arch", default="squeezenet1_0")
+    train.add_argument("--weights", default="none", help="none, or a weights file / torchvision name as tl train takes")
+    train.add_argument("--strategy", default="full", choices=("full", "linear"))
+    train.add_argument("--size", type=int, default=224)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--repeats", type=int, default=3)
+    train.add_argument("--num-workers", type=int, default=-1)
+    train.add_argument("--precision", default="auto", choices=("auto", "no", "bf16", "fp16"), help="tl's --mixed-precision")
+    train.add_argument("--no-channels-last", action="store_true", help="tl with --no-channels-last")
+    train.add_argument("--no-cache-features", action="store_true", help="tl with --no-cache-features")
+    train.add_argument("--compile", action="store_true", help="tl with --compile")
+    train.add_argument("--json", type=Path, default=Path("runs/bench/train.json"), help="where the results go")
+
+
+def bench_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Every bench with its defaults (quick, generated data), one after the other."""
+    results = {}
+    for name, bench in (("loader", bench_loader), ("predict", bench_predict), ("train", bench_train)):
+        sub_args = parser.parse_args([name, "--repeats", str(args.repeats)])
+        results[name] = bench(sub_args)
+    return {"bench": "all", **results}
 
 
 def main() -> None:
@@ -203,7 +425,7 @@ def main() -> None:
     predict.add_argument("--checkpoint", type=Path, help="tl checkpoint (default: squeezenet1_0, random weights, 224 px)")
     predict.add_argument("--repeats", type=int, default=3)
     predict.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=int, default=0, help="0: predict-dir's default (8 on the CPU, 64 on a GPU)")
     predict.add_argument("--num-workers", type=int, default=-1)
     predict.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     predict.add_argument("--json", type=Path, default=Path("runs/bench/predict.json"), help="where the results go")
@@ -214,8 +436,15 @@ def main() -> None:
     loader.add_argument("--batch-size", type=int, default=32)
     loader.add_argument("--num-workers", type=int, default=-1)
     loader.add_argument("--json", type=Path, default=Path("runs/bench/loader.json"), help="where the results go")
+    add_train_arguments(sub.add_parser("train", help="tl train vs the tutorials' training loop (images/s)"))
+    every = sub.add_parser("all", help="loader, predict and train with their defaults")
+    every.add_argument("--repeats", type=int, default=3)
+    every.add_argument("--json", type=Path, default=Path("runs/bench/all.json"), help="where the results go")
     args = parser.parse_args()
-    result = {"predict": bench_predict, "loader": bench_loader}[args.bench](args)
+    if args.bench == "all":
+        result = bench_all(args, parser)
+    else:
+        result = {"predict": bench_predict, "loader": bench_loader, "train": bench_train}[args.bench](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.json}", file=sys.stderr)

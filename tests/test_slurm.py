@@ -158,7 +158,8 @@ def test_two_machines_on_loopback_train_one_model_equal_to_one_process_with_the_
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tl.train", *args, "--batch-size", "4",
          "--out", str(tmp_path / "two")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in (0, 1)]
-    one = cli("train", *args, "--batch-size", "8", "--out", tmp_path / "one")  # runs while the launchers import
+    # fp32 like the launchers' --mixed_precision no (the default, auto, would pick bf16 on a CPU with AVX512-BF16)
+    one = cli("train", *args, "--mixed-precision", "no", "--batch-size", "8", "--out", tmp_path / "one")  # runs while the launchers import
     outputs = [p.communicate(timeout=300)[0] for p in launchers]
     assert one.exit_code == 0, one.output
     assert all(p.returncode == 0 for p in launchers), "\n".join(o[-2000:] for o in outputs)

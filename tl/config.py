@@ -19,7 +19,7 @@ SCHEDULERS = ("cosine", "step", "plateau", "none")
 HEADS = ("linear", "mlp")
 HEAD_NORMS = ("standardize", "batchnorm", "none")
 AUGMENTS = ("basic", "strong", "trivial", "none")
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
@@ -55,6 +55,7 @@ class DataConfig:
     synthetic_classes: int = 4
     synthetic_per_class: int = 48
     synthetic_size: int = 32
+    device_augment: bool | None = None  # None: on for cifar10 with basic augmentation on a GPU (tl.gpu_augment)
 
     def __post_init__(self) -> None:
         if not self.dataset.startswith("hf:"):
@@ -77,6 +78,9 @@ class DataConfig:
         for flag, value in (("--mean", self.mean), ("--std", self.std)):
             _require(value is None or len(value) == 3, flag, "needs three numbers, one per RGB channel")
         _require(self.std is None or min(self.std) > 0, "--std", "values must be > 0")
+        if self.device_augment:
+            _require(self.dataset == "cifar10" and self.augment == "basic", "--device-augment",
+                     "works for --dataset cifar10 with --augment basic only", "drop --device-augment")
 
 
     def fraction(self, part: str) -> float:
@@ -177,7 +181,12 @@ class RunConfig:
     out: str = "runs/latest"
     epochs: int = 10
     seed: int = 0
-    mixed_precision: str | None = None  # None: whatever `accelerate launch` / its config says
+    # auto: bf16 where the device computes it natively, fp16 + grad scaler on GPUs without bf16, else fp32;
+    # under `accelerate launch` its --mixed_precision decides. None (older config.json files): accelerate's.
+    mixed_precision: str | None = "auto"
+    channels_last: bool = True  # convolutional models only (tl.fastpaths)
+    compile: bool = False  # torch.compile the model; falls back to eager with a log line where it cannot
+    cache_features: bool = True  # linear strategy without augmentation: backbone features computed once
     early_stop_patience: int = 0  # 0: off
     log_with: str | None = None
     log_every: int = 20

@@ -171,6 +171,7 @@ class ImageFiles(Dataset):
         self.classes = classes
         self.targets = [label for _, label in samples]
         self.transform = transform
+        self.decoded: list | None = None  # decoded images, one per sample, when tl.image_cache preloaded them
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -180,8 +181,9 @@ class ImageFiles(Dataset):
         keep their shape on every process (a rank skipping a step would hang the others) and the loss and
         metrics leave it out."""
         path, label = self.samples[index]
+        cached = self.decoded[index] if self.decoded is not None else None
         try:
-            image, readable = read_image(path), True
+            image, readable = (cached if cached is not None else read_image(path)), True
         except TLError as error:
             log.warning(f"skipping unreadable image: {error.message}")
             image, readable = Image.new("RGB", (8, 8)), False

@@ -28,9 +28,28 @@ def has_accelerator_device() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
+def auto_precision(on_gpu: bool) -> str:
+    """bf16 where the device computes it natively: it halves memory traffic and needs no loss scaling. GPUs
+    without bf16 (before Ampere) get fp16, which accelerate pairs with a gradient scaler. On the CPU only
+    AVX512-BF16/AMX cores qualify (elsewhere oneDNN emulates bf16, slower than fp32). On this project's
+    2-core EPYC, squeezenet1_0 training at 224 px ran ~2x faster in bf16 + channels_last than in fp32, with
+    the same bees/ants accuracy (see README, Performance)."""
+    from tl.hardware import cpu_has_native_bf16
+
+    if on_gpu:
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"  # mps: autocast support for training is partial
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
 def resolve_precision(requested: str | None, on_gpu: bool) -> str | None:
-    """fp16 autocast on the CPU silently computes in float32: map it to bf16 and say so."""
-    effective = requested or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    """The precision to build the accelerator with. ``auto`` follows ``accelerate launch`` when it set one,
+    else the device (``auto_precision``). fp16 autocast on the CPU silently computes in float32: map it to bf16."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if requested == "auto":
+        requested = launched or auto_precision(on_gpu)
+    effective = requested or launched
     if effective == "fp16" and not on_gpu:
         log.warning("mixed precision fp16 does nothing on the CPU; using bf16 instead")
         return "bf16"
@@ -62,7 +81,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return build_accelerator(
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # data_seed: every process draws the same permutation (and so a disjoint shard of it) whatever the
+        # global RNG says; accelerate otherwise seeds from torch.initial_seed(), equal on all ranks only after set_seed
+        # non_blocking: copies of pinned batches to the GPU overlap the step before instead of waiting for it
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed, non_blocking=True),
         log_with=cfg.run.log_with,
         project_dir=cfg.run.out,
     )

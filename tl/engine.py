@@ -30,6 +30,7 @@ class TrainContext:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     log_every: int = 20
     batch_mix: Callable | None = None  # MixUp/CutMix: (images, labels) -> (images, soft labels)
+    augment: Callable | None = None  # on the device: (uint8 images, batch index) -> float images (tl.gpu_augment)
 
 
 def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -68,11 +69,18 @@ def train_one_epoch(
     start_batch: int = 0,
     sums: torch.Tensor | None = None,
     after_step: Callable[[int, int, torch.Tensor], bool] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prep_seconds: float = 0.0,
 ) -> EpochResult:
     """One pass over ``loader`` (which already skips ``start_batch`` batches when resuming mid-epoch).
 
     ``after_step(step, batches_done, sums)`` runs after every optimizer step (periodic saves, stop signals);
-    when it returns True the epoch ends early and ``metrics`` is None.
+    when it returns True the epoch ends early and ``metrics`` is None. ``forward`` replaces ``model(inputs)``
+    (the feature cache feeds the head alone); ``prep_seconds`` spent before the loop (building that cache)
+    count as this epoch's time, so its images/s stay honest.
+
+    Nothing in a step waits for the device: ``data_wait`` is the host's time blocked on the loader, which is
+    the device's idle time as long as the host keeps ahead; every ``log_every`` steps progress syncs.
     """
     accelerator = ctx.accelerator
     device = accelerator.device
@@ -80,7 +88,9 @@ def train_one_epoch(
     data_wait = 0.0
     total_batches = len(loader) + start_batch
     progress = EpochProgress(description=description, total=total_batches, enabled=accelerator.is_main_process, every=ctx.log_every)
-    start = last = time.perf_counter()
+    forward = forward or model
+    start = time.perf_counter() - prep_seconds
+    last = time.perf_counter()
     seen_at_start = sums[2].item()  # carried sums are global (main process only): subtract them once
     lr = ctx.apply_lr(ctx.optimizer, step)
     batch_index = start_batch
@@ -88,10 +98,12 @@ def train_one_epoch(
         data_wait += time.perf_counter() - last
         weight = readable.to(torch.float32)
         targets = labels
+        if ctx.augment is not None:
+            images = ctx.augment(images, batch_index)
         if ctx.batch_mix is not None:
             images, targets = ctx.batch_mix(images, labels)
         with accelerator.accumulate(model):
-            logits, aux = split_outputs(model(images))
+            logits, aux = split_outputs(forward(images))
             loss = masked_mean(ctx.loss_fn(logits, targets), weight)
             for aux_logits in aux:
                 loss = loss + ctx.aux_loss_weight * masked_mean(ctx.loss_fn(aux_logits, targets), weight)
@@ -108,7 +120,8 @@ def train_one_epoch(
         if progress.wants_stats(batch_index):
             loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
             rate = (sums[2].item() - seen_at_start) * accelerator.num_processes / (time.perf_counter() - start)  # estimate
-            progress.update(batch_index, f"loss {loss_avg:.4f} acc {acc:.3f} lr {lr:.2e} {rate:.1f} img/s")
+            waiting = data_wait / max(time.perf_counter() - start, 1e-9)
+            progress.update(batch_index, f"loss {loss_avg:.4f} acc {acc:.3f} lr {lr:.2e} {rate:.1f} img/s data {waiting:.0%}")
         else:
             progress.update(batch_index)
         if accelerator.sync_gradients:
@@ -135,14 +148,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str = "val") -> dict:
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str = "val",
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Loss, top-1, top-5 over the whole split. ``gather_for_metrics`` on every batch drops the samples the
     distributed sampler padded in, so each image counts exactly once whatever the world size."""
     model.eval()  # the caller puts it back into (strategy-aware) train mode at the next epoch
     sums = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n, unreadable
-    start = time.perf_counter()
+    start, forward = time.perf_counter(), forward or model
     for images, labels, readable in loader:
-        logits = split_outputs(model(images))[0]
+        logits = split_outputs(forward(images))[0]
         logits, labels, readable = accelerator.gather_for_metrics((logits, labels, readable))
         logits, weight = logits.float(), readable.to(torch.float32)
         sums += torch.stack([

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def _fmt_count(n: int) -> str:
 
 
 def print_plan(*, model: nn.Module, info: ModelInfo, strategy: str, reason: str, data: DatasetBundle,
-               accelerator: Accelerator, backbone_lr_mult: float) -> None:
+               accelerator: Accelerator, backbone_lr_mult: float, fast: dict[str, Any] | None = None) -> None:
     """A small table of trainable/frozen parameters per part, and the facts of the run, before it starts."""
     if not accelerator.is_main_process:
         return
@@ -45,6 +46,9 @@ def print_plan(*, model: nn.Module, info: ModelInfo, strategy: str, reason: str,
         f"input {info.input_size}px | weights: {info.weights_note} | device: {accelerator.device} x{accelerator.num_processes} "
         f"({accelerator.distributed_type.value}), precision {accelerator.mixed_precision}"
     )
+    if fast:
+        on = [name for name in ("channels_last", "compiled", "feature_cache", "device_augment") if fast.get(name)]
+        console.print(f"fast paths: {', '.join(on) if on else 'none'} (precision {fast.get('precision')})", highlight=False)
 
 
 def checkpoint_meta(cfg: TrainConfig, info: ModelInfo, class_names: list[str], strategy: str,
@@ -114,16 +118,36 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def record_epoch(out: Path, metrics: dict[str, Any], improved: bool) -> None:
+DATA_WAIT_HINT = 0.3  # above this share of step time spent waiting for batches, the loader is the bottleneck
+
+
+def data_wait_hint(share: float, workers: int, cpus: int | None = None) -> str | None:
+    """What to do when the model waits for data a large share of the time; None when it does not."""
+    if share < DATA_WAIT_HINT:
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers < cpus:
+        return (f"the model waited for data {share:.0%} of the time: raise --num-workers (now {workers}) "
+                f"up to the {cpus} CPUs this job has")
+    return (f"the model waited for data {share:.0%} of the time with {workers} workers on {cpus} CPUs: "
+            "ask for more CPUs, or lower --image-size")
+
+
+def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers: int = 0) -> None:
     with open(out / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(metrics) + "\n")
     mark = " *" if improved else ""
     console.print(
         f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} top-1 {metrics['train_top1']:.3f} | "
         f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.3f} top-5 {metrics['val_top5']:.3f} | "
-        f"{metrics['train_images_per_s']:.1f} img/s, {metrics['train_seconds']:.1f}s{mark}",
+        f"{metrics['train_images_per_s']:.1f} img/s, {metrics['train_seconds']:.1f}s, "
+        f"data wait {metrics.get('data_wait_share', 0.0):.0%}{mark}",
         highlight=False,
     )
+    hint = data_wait_hint(metrics.get("data_wait_share", 0.0), workers)
+    if hint:
+        console.print(f"hint: {hint}", highlight=False)
 
 
 def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerator: Accelerator) -> None:

@@ -21,7 +21,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     import torch
     from accelerate.utils import set_seed
 
-    from tl import checkpoint, distributed, report, state
+    from tl import checkpoint, distributed, fastpaths, feature_cache, gpu_augment, report, state
     from tl.datasets import EpochSeeded, build_datasets
     from tl.splits import MANIFEST
     from tl.engine import TrainContext, evaluate, train_one_epoch
@@ -51,11 +51,12 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         size, resize = image_size, round(image_size / 0.875)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
+    on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
+    train_tf = gpu_augment.uint8_images() if on_device else train_transform(**tf, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min)
     with accelerator.main_process_first():
         if cfg.run.overwrite and not candidates and accelerator.is_main_process:
             (out / MANIFEST).unlink(missing_ok=True)  # the replaced run's split must not be reused
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST,
-                              train_tf=train_transform(**tf, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min))
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
     data.train = EpochSeeded(data.train, cfg.run.seed)
     if candidates:
         state.check_same_run(out, cfg.to_dict(), data.class_names)
@@ -66,6 +67,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     head_spec = HeadSpec(cfg.model.head, cfg.model.head_hidden, cfg.model.head_norm, cfg.model.dropout)
     model, info = build_model(cfg.model.arch, len(data.class_names), weights=cfg.model.weights, head=head_spec,
                               cut_at=cfg.model.cut_at, image_size=size, trust_pickle=cfg.model.trust_pickle)
+    fast = dict(channels_last=fastpaths.apply_channels_last(model, cfg.run.channels_last), device_augment=on_device,
+                compiled=cfg.run.compile and fastpaths.compile_model(model, accelerator.device))  # same results, sooner
     pretrained = cfg.model.weights.lower() != "none"
     strategy, reason = cfg.finetune.strategy, ""
     if strategy == "auto":
@@ -79,8 +82,11 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     first_epoch = (state.read_progress(candidates[0]) or TrainingProgress()).epoch if candidates else 0
     phase = phase_at(first_epoch)  # gradual: a resumed run may already be past the unfreeze
     model, optimizer = distributed.prepare_phase(accelerator, model, phase, cfg, backbone_lr_mult)
+    workers = distributed.num_workers(cfg.data.num_workers, accelerator.num_processes)
+    cache = feature_cache.plan(cfg, strategy, model, accelerator, {"train": data.train, "val": data.val}, workers)
+    fast.update(precision=accelerator.mixed_precision, feature_cache=cache is not None)
     report.print_plan(model=accelerator.unwrap_model(model), info=info, strategy=strategy, reason=reason, data=data,
-                       accelerator=accelerator, backbone_lr_mult=backbone_lr_mult)
+                       accelerator=accelerator, backbone_lr_mult=backbone_lr_mult, fast=fast)
 
     ema = None
     if cfg.optim.ema:
@@ -101,6 +107,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                                                 backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
         batch_mix=batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
+        augment=gpu_augment.DeviceAugment(size=size, mean=mean, std=std, seed=cfg.run.seed,
+                                          scale=(cfg.data.crop_scale_min, 1.0)) if on_device else None,
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
@@ -117,7 +125,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         else:
             shutil.rmtree(state.state_root(out), ignore_errors=True)  # states of a replaced run must not be resumed
             report.write_config(out / "config.json", cfg, data, accelerator, strategy=strategy,
-                                 backbone_lr_mult=backbone_lr_mult, image_size=size)
+                                 backbone_lr_mult=backbone_lr_mult, image_size=size, **fast)
             (out / "metrics.jsonl").write_text("")
     distributed.start_trackers(accelerator, cfg)
 
@@ -137,8 +145,13 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             set_train_mode(accelerator.unwrap_model(model), phase, freeze_bn=cfg.finetune.freeze_bn)
             train_loader.set_epoch(epoch)
             data.train.set_epoch(epoch)
+            if ctx.augment is not None:
+                ctx.augment.set_epoch(epoch)
             skip = progress.batches_done if epoch == progress.epoch else 0
+            cache, prep_seconds = feature_cache.ready(cache)  # at first use the backbone sees every image once
+            fast["feature_cache"] = cache is not None
             loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            loader = cache.train_batches(train_loader, skip) if cache else loader
             carried = torch.tensor(progress.epoch_sums, dtype=torch.float64) if skip and accelerator.is_main_process else None
 
             def after_step(step: int, batches_done: int, sums: torch.Tensor) -> bool:
@@ -149,12 +162,14 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 return stopping
 
             result = train_one_epoch(model, loader, ctx, step=step, description=f"epoch {epoch + 1}/{cfg.run.epochs}",
-                                     start_batch=skip, sums=carried, after_step=after_step)
+                                     start_batch=skip, sums=carried, after_step=after_step,
+                                     forward=cache.forward if cache else None, prep_seconds=prep_seconds)
             step = result.step
             if result.metrics is None:
                 log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
                 raise SystemExit(EXIT_REQUEUE)
-            metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **evaluate(model, val_loader, accelerator)}
+            val = evaluate(model, cache.val_batches() if cache else val_loader, accelerator, forward=cache.forward if cache else None)
+            metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **val, **fast}
             unreadable = metrics["train_unreadable"] + metrics["val_unreadable"]
             if cfg.data.strict and unreadable:  # reduced counts: every rank raises together
                 raise TLError(f"--strict: {unreadable} unreadable image(s) in epoch {epoch + 1} (each named in a warning above)",
@@ -168,7 +183,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             if improved:
                 best = progress.best = metrics
             if accelerator.is_main_process:
-                report.record_epoch(out, metrics, improved)
+                report.record_epoch(out, metrics, improved, workers=workers)
                 unwrapped = accelerator.unwrap_model(model)
                 checkpoint.save_checkpoint(out / "last", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
                 if improved:

@@ -16,7 +16,7 @@ from tl import dataflags as flags  # the data flags check-data and stats share w
 from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from tl.errors import TLError
 
-DATA, MODEL, TUNE, OPTIM, RUN = "Data", "Model", "Fine-tuning strategy", "Optimisation", "Run"
+DATA, MODEL, TUNE, OPTIM, RUN, SPEED = "Data", "Model", "Fine-tuning strategy", "Optimisation", "Run", "Speed"
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -76,6 +76,7 @@ def command(
     synthetic_classes: Annotated[int, typer.Option(help="Classes of the synthetic set.", rich_help_panel=DATA)] = DataConfig.synthetic_classes,
     synthetic_per_class: Annotated[int, typer.Option(help="Training images per synthetic class.", rich_help_panel=DATA)] = DataConfig.synthetic_per_class,
     synthetic_size: Annotated[int, typer.Option(help="Side of the synthetic images in pixels.", rich_help_panel=DATA)] = DataConfig.synthetic_size,
+    device_augment: Annotated[Optional[bool], typer.Option("--device-augment/--no-device-augment", help="Crop, flip and normalise whole uint8 batches on the device (cifar10, --augment basic); default: on a GPU.", rich_help_panel=SPEED, show_default=False)] = DataConfig.device_augment,
     strategy: Annotated[Strategy, typer.Option(help="full | linear (frozen backbone) | partial | gradual | auto.", rich_help_panel=TUNE)] = Strategy(FinetuneConfig.strategy),
     freeze_depth: Annotated[int, typer.Option(help="partial: number of leading stages to freeze.", rich_help_panel=TUNE)] = FinetuneConfig.freeze_depth,
     unfreeze_epoch: Annotated[int, typer.Option(help="gradual: epochs of head-only training before the backbone joins.", rich_help_panel=TUNE)] = FinetuneConfig.unfreeze_epoch,
@@ -101,7 +102,10 @@ def command(
     out: Annotated[Path, typer.Option(help="Output folder (checkpoints, config.json, metrics.jsonl).", rich_help_panel=RUN)] = Path(RunConfig.out),
     epochs: Annotated[int, typer.Option(help="Epochs.", rich_help_panel=RUN)] = RunConfig.epochs,
     seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init, synthetic data).", rich_help_panel=RUN)] = RunConfig.seed,
-    mixed_precision: Annotated[Optional[Precision], typer.Option(help="no | fp16 | bf16; default: accelerate's config.", rich_help_panel=RUN)] = None,
+    mixed_precision: Annotated[Precision, typer.Option(help="auto: bf16 where the device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), fp16 + grad scaler on older GPUs, else fp32; under accelerate launch, its --mixed_precision. no: fp32.", rich_help_panel=SPEED)] = Precision(RunConfig.mixed_precision),
+    channels_last: Annotated[bool, typer.Option(help="Keep convolutional models in channels_last (NHWC) memory: faster convolutions, same results.", rich_help_panel=SPEED)] = RunConfig.channels_last,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (minutes of compiling first; falls back to eager with a log line where it cannot).", rich_help_panel=SPEED)] = RunConfig.compile,
+    cache_features: Annotated[bool, typer.Option(help="linear strategy with --augment none: run the frozen backbone once per image and train the head on its cached features.", rich_help_panel=SPEED)] = RunConfig.cache_features,
     early_stop_patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better val top-1 (0: off).", rich_help_panel=RUN)] = RunConfig.early_stop_patience,
     log_with: Annotated[Optional[Tracker], typer.Option(help="Also send metrics to this tracker.", rich_help_panel=RUN)] = None,
     log_every: Annotated[int, typer.Option(help="Show progress every N steps.", rich_help_panel=RUN)] = RunConfig.log_every,
@@ -124,7 +128,7 @@ def command(
                         image_column=image_column, label_column=label_column, caltech_background=caltech_background, strict=strict,
                         batch_size=batch_size, num_workers=num_workers, mean=_rgb(mean, "--mean"), std=_rgb(std, "--std"),
                         synthetic_classes=synthetic_classes, synthetic_per_class=synthetic_per_class,
-                        synthetic_size=synthetic_size),
+                        synthetic_size=synthetic_size, device_augment=device_augment),
         model=ModelConfig(arch=arch, weights=weights, head=head.value, head_hidden=head_hidden, head_norm=head_norm.value,
                           dropout=dropout, cut_at=cut_at, aux_loss_weight=aux_loss_weight, trust_pickle=trust_pickle),
         finetune=FinetuneConfig(strategy=strategy.value, freeze_depth=freeze_depth, unfreeze_epoch=unfreeze_epoch,
@@ -134,7 +138,8 @@ def command(
                           scheduler=scheduler.value, warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma,
                           plateau_factor=plateau_factor, plateau_patience=plateau_patience, max_reductions=max_reductions,
                           label_smoothing=label_smoothing, grad_accum=grad_accum, clip_grad=clip_grad, ema=ema),
-        run=RunConfig(out=str(out), epochs=epochs, seed=seed, mixed_precision=mixed_precision.value if mixed_precision else None,
+        run=RunConfig(out=str(out), epochs=epochs, seed=seed, mixed_precision=mixed_precision.value,
+                      channels_last=channels_last, compile=compile, cache_features=cache_features,
                       early_stop_patience=early_stop_patience, log_with=log_with.value if log_with else None, log_every=log_every,
                       overwrite=overwrite, resume=resume, save_every_steps=save_every_steps, keep_states=keep_states),
     )

@@ -1,0 +1,115 @@
+"""The fast paths change speed, not results: channels_last, torch.compile, cached features, precision choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY, cli, read_metrics
+from tl.checkpoint import checkpoint_state
+from tl.distributed import resolve_precision
+from tl.fastpaths import apply_channels_last, compile_blocker, compile_model, is_convolutional
+from tl.hardware import cpu_has_native_bf16
+from tl.models import build_model
+
+
+def _model(arch: str = "resnet18"):
+    torch.manual_seed(0)
+    return build_model(arch, 3, image_size=32)[0].eval()
+
+
+def test_channels_last_gives_the_same_outputs():
+    plain, fast = _model(), _model()
+    assert apply_channels_last(fast, True)
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-5)
+    assert not apply_channels_last(_model(), False)  # the flag turns it off
+
+
+def test_only_convolutional_models_go_channels_last():
+    assert is_convolutional(_model("squeezenet1_0")) and is_convolutional(_model("mobilenet_v3_small"))
+    transformer = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    assert not is_convolutional(transformer)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compile_blocker(torch.device("cpu")) is not None, reason="torch.compile cannot run here")
+def test_compiled_model_gives_the_same_outputs():
+    plain, fast = _model(), _model()
+    apply_channels_last(fast, True)
+    assert compile_model(fast, torch.device("cpu")) and fast._compiled_call_impl is not None
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-5)
+    assert set(fast.state_dict()) == set(plain.state_dict())  # checkpoints keep their keys (no _orig_mod.)
+
+
+def test_auto_precision_follows_the_device_and_the_launcher(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision("auto", on_gpu=False) == ("bf16" if cpu_has_native_bf16() else "no")
+    assert resolve_precision("no", on_gpu=False) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision no` wins over auto
+    assert resolve_precision("auto", on_gpu=False) == "no"
+
+
+LINEAR = (*TINY, "--dataset", "synthetic", "--synthetic-per-class", "12", "--epochs", "3", "--strategy", "linear",
+          "--augment", "none", "--dropout", "0.2", "--mixed-precision", "no", "--batch-size", "8")
+
+
+def test_cached_features_train_the_same_head(tmp_path):
+    runs = {}
+    for flag in ("--cache-features", "--no-cache-features"):
+        out = tmp_path / flag.strip("-")
+        result = cli("train", *LINEAR, flag, "--out", out)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        runs[flag] = out
+    cached, plain = read_metrics(runs["--cache-features"]), read_metrics(runs["--no-cache-features"])
+    assert all(m["feature_cache"] for m in cached) and not any(m["feature_cache"] for m in plain)
+    for a, b in zip(cached, plain):
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_count"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    got, want = checkpoint_state(runs["--cache-features"] / "last"), checkpoint_state(runs["--no-cache-features"] / "last")
+    assert got.keys() == want.keys()
+    for key in want:  # the head (fc, running feature statistics) and the untouched backbone alike
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+    first = build_model("resnet18", 4, image_size=32)[0]
+    assert not torch.allclose(got["fc.fc.weight"], first.state_dict()["fc.fc.weight"])  # the head did train
+
+
+def test_cache_stays_off_with_augmentation_and_config_records_the_fast_paths(tmp_path):
+    out = tmp_path / "augmented"
+    args = [a for a in LINEAR if a not in ("--augment", "none", "--mixed-precision", "no")]
+    result = cli("train", *args, "--epochs", "1", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = read_metrics(out)[0]
+    assert metrics["feature_cache"] is False and "data_wait_share" in metrics
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == resolved["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "no")
+    assert resolved["channels_last"] is True and resolved["compiled"] is False
+
+
+def test_data_wait_hint_names_the_flag():
+    from tl.report import data_wait_hint
+
+    assert data_wait_hint(0.1, workers=0, cpus=4) is None
+    assert "--num-workers" in data_wait_hint(0.6, workers=1, cpus=4)
+    assert "--num-workers" not in data_wait_hint(0.6, workers=4, cpus=4)
+
+
+def test_cached_run_resumed_mid_epoch_equals_uninterrupted(tmp_path):
+    import shutil
+
+    args = (*LINEAR, "--epochs", "2", "--save-every-steps", "2", "--keep-states", "20")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert cli("train", *args, "--out", whole).exit_code == 0
+    shutil.copytree(whole, resumed)  # then go back to a state in the middle of epoch 1 (4 of 6 steps done)
+    result = cli("train", *args, "--out", resumed, "--resume", resumed / "state" / "step-00000004")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    for a, b in zip(read_metrics(resumed), read_metrics(whole), strict=True):
+        assert all(a[k] == b[k] for k in ("epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1")), (a, b)
+    got, want = checkpoint_state(resumed / "last"), checkpoint_state(whole / "last")
+    assert all(torch.equal(got[k], want[k]) for k in want)
