@@ -216,3 +216,28 @@ def test_decoded_cache_gives_the_same_samples_and_respects_its_budget(tmp_path):
     broken = [i for i, (p, _) in enumerate(cached.train.samples) if p.name == "broken.jpg"][0]
     assert cached.train.decoded[broken] is None and cached.train[broken][2] is False
     assert parse_budget("off") == 0 and parse_budget("auto") > 0
+
+
+@pytest.mark.parametrize("augment", ["basic", "strong", "trivial"])
+def test_uint8_pixels_normalised_on_the_device_equal_the_float_preset(augment):
+    """tl train's workers send train_pixels (uint8) and DeviceNormalize finishes the batch: the same tensors
+    as the float preset, seed for seed."""
+    from PIL import Image
+
+    from tl.transforms import DeviceNormalize, train_pixels
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8))
+    torch.manual_seed(3)
+    reference = train_transform(**TF, augment=augment)(image)
+    torch.manual_seed(3)
+    pixels = train_pixels(size=TF["size"], augment=augment)(image)
+    assert pixels.dtype == torch.uint8
+    finished = DeviceNormalize(TF["mean"], TF["std"], channels_last=True)(pixels[None], 0)[0]
+    assert torch.allclose(finished, reference, atol=1e-5)
+
+
+def test_cache_images_flag_is_checked():
+    with pytest.raises(TLError, match="--cache-images"):
+        DataConfig(cache_images="lots")
+    assert DataConfig(cache_images="512").cache_images == "512"

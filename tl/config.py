@@ -23,6 +23,13 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
 def _require(ok: bool, flag: str, problem: str, hint: str = "") -> None:
     if not ok:
         raise TLError(f"{flag}: {problem}", hint)
@@ -56,6 +63,7 @@ class DataConfig:
     synthetic_per_class: int = 48
     synthetic_size: int = 32
     device_augment: bool | None = None  # None: on for cifar10 with basic augmentation on a GPU (tl.gpu_augment)
+    cache_images: str = "auto"  # decoded folder images kept in memory: auto | off | a budget in MiB (tl.image_cache)
 
     def __post_init__(self) -> None:
         if not self.dataset.startswith("hf:"):
@@ -78,6 +86,8 @@ class DataConfig:
         for flag, value in (("--mean", self.mean), ("--std", self.std)):
             _require(value is None or len(value) == 3, flag, "needs three numbers, one per RGB channel")
         _require(self.std is None or min(self.std) > 0, "--std", "values must be > 0")
+        _require(self.cache_images in ("auto", "off") or _is_number(self.cache_images), "--cache-images",
+                 "must be auto, off or a budget in MiB such as 4096")
         if self.device_augment:
             _require(self.dataset == "cifar10" and self.augment == "basic", "--device-augment",
                      "works for --dataset cifar10 with --augment basic only", "drop --device-augment")

@@ -108,6 +108,11 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
     accelerator.init_trackers("tl", config=flat)
 
 
+def local_processes(accelerator: Accelerator) -> int:
+    """Processes on this node (they share its CPUs and memory)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
 def num_workers(requested: int, num_processes: int) -> int:
     """-1: the CPUs this process may use, shared between the local processes, at most 8."""
     if requested >= 0:

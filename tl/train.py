@@ -21,7 +21,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     import torch
     from accelerate.utils import set_seed
 
-    from tl import checkpoint, distributed, fastpaths, feature_cache, gpu_augment, report, state
+    from tl import checkpoint, distributed, fastpaths, feature_cache, gpu_augment, image_cache, report, state
     from tl.datasets import EpochSeeded, build_datasets
     from tl.splits import MANIFEST
     from tl.engine import TrainContext, evaluate, train_one_epoch
@@ -31,7 +31,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.progress import log, setup_logging
     from tl.state import TrainingProgress
-    from tl.transforms import batch_mix, eval_transform, train_transform
+    from tl.transforms import DeviceNormalize, batch_mix, eval_transform, train_pixels, train_transform
 
     out = Path(cfg.run.out)
     candidates = state.resolve_resume(cfg.run.resume, out)
@@ -52,11 +52,17 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
     on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
-    train_tf = gpu_augment.uint8_images() if on_device else train_transform(**tf, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min)
+    # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
+    pixels_only = not on_device and cfg.data.augment != "none"
+    train_tf = (gpu_augment.uint8_images() if on_device else
+                train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
+                train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
         if cfg.run.overwrite and not candidates and accelerator.is_main_process:
             (out / MANIFEST).unlink(missing_ok=True)  # the replaced run's split must not be reused
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
+    cached_bytes = image_cache.preload([data.train, data.val], image_cache.parse_budget(cfg.data.cache_images,
+                                                                                      distributed.local_processes(accelerator)))
     data.train = EpochSeeded(data.train, cfg.run.seed)
     if candidates:
         state.check_same_run(out, cfg.to_dict(), data.class_names)
@@ -68,6 +74,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     model, info = build_model(cfg.model.arch, len(data.class_names), weights=cfg.model.weights, head=head_spec,
                               cut_at=cfg.model.cut_at, image_size=size, trust_pickle=cfg.model.trust_pickle)
     fast = dict(channels_last=fastpaths.apply_channels_last(model, cfg.run.channels_last), device_augment=on_device,
+                image_cache=cached_bytes > 0,
                 compiled=cfg.run.compile and fastpaths.compile_model(model, accelerator.device))  # same results, sooner
     pretrained = cfg.model.weights.lower() != "none"
     strategy, reason = cfg.finetune.strategy, ""
@@ -107,8 +114,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                                                 backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
         batch_mix=batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
-        augment=gpu_augment.DeviceAugment(size=size, mean=mean, std=std, seed=cfg.run.seed,
-                                          scale=(cfg.data.crop_scale_min, 1.0)) if on_device else None,
+        augment=gpu_augment.DeviceAugment(size=size, mean=mean, std=std, seed=cfg.run.seed, scale=(cfg.data.crop_scale_min, 1.0))
+        if on_device else DeviceNormalize(mean, std, channels_last=fast["channels_last"]) if pixels_only else None,
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
@@ -209,6 +216,10 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
 
         cal = calibrate_checkpoint(out / "best", data.val, batch_size=cfg.data.batch_size, device=accelerator.device)
         log.info(f"calibration: temperature {cal['temperature']:.3f}, val ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
+    if accelerator.is_main_process:
+        from tl.viz.curves import write_curves_if_available
+
+        write_curves_if_available(out)  # RUN/curves.png with the tl[viz] extra; nothing, silently, without it
     accelerator.wait_for_everyone()
     accelerator.end_training()
     report.print_summary(best, seconds=time.perf_counter() - start, out=out, accelerator=accelerator)

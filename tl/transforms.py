@@ -47,6 +47,21 @@ def eval_transform(*, size: int, resize: int, mean: tuple[float, ...], std: tupl
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), v2.ToImage(), *_to_normalized_float(mean, std)])
 
 
+def train_pixels(*, size: int, augment: str = "basic", crop_scale_min: float = 0.25) -> v2.Compose:
+    """A training preset's augmentation alone, handing out uint8 (3, size, size) tensors: loader workers send a
+    quarter of the bytes of float32, and ``DeviceNormalize`` finishes the batch where the model runs."""
+    presets = {
+        "basic": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip()],
+        "strong": [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                   v2.RandomRotation(15), v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)],
+        "trivial": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                    v2.TrivialAugmentWide()],
+    }
+    if augment not in presets:
+        raise ValueError(f"no pixel-only preset for augment={augment!r}")
+    return v2.Compose([*presets[augment], v2.ToImage()])
+
+
 def train_transform(
     *,
     size: int,
@@ -58,17 +73,25 @@ def train_transform(
 ) -> v2.Compose:
     """Presets: ``basic`` random resized crop + horizontal flip (the tutorials' recipe); ``strong`` the
     Caltech-101 write-up's (crop 80-100%, flip, rotation +-15 degrees, colour jitter); ``trivial`` basic +
-    TrivialAugmentWide; ``none`` as evaluation."""
+    TrivialAugmentWide; ``none`` as evaluation. Normalised float tensors (``train_pixels`` + normalisation)."""
     if augment == "none":
         return eval_transform(size=size, resize=resize, mean=mean, std=std)
-    presets = {
-        "basic": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip()],
-        "strong": [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                   v2.RandomRotation(15), v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)],
-        "trivial": [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                    v2.TrivialAugmentWide()],
-    }
-    return v2.Compose([*presets[augment], v2.ToImage(), *_to_normalized_float(mean, std)])
+    pixels = train_pixels(size=size, augment=augment, crop_scale_min=crop_scale_min)
+    return v2.Compose([*pixels.transforms, *_to_normalized_float(mean, std)])
+
+
+class DeviceNormalize:
+    """``ctx.augment`` for batches of ``train_pixels``: uint8 -> normalised float on the device, channels_last
+    when the model is. (images, batch index) -> images, the interface of ``tl.gpu_augment.DeviceAugment``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *, channels_last: bool = False) -> None:
+        self.normalize, self.channels_last = BatchNormalize(mean, std), channels_last
+
+    def set_epoch(self, epoch: int) -> None:  # nothing random here
+        pass
+
+    def __call__(self, images: torch.Tensor, batch_index: int) -> torch.Tensor:
+        return self.normalize(images, channels_last=self.channels_last)
 
 
 def batch_mix(*, num_classes: int, mixup: float, cutmix: float) -> Callable | None:
