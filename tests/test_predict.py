@@ -68,6 +68,9 @@ def test_messy_folder_gives_one_row_per_file(run, tmp_path):
     assert len(paths) == len(set(paths)) and set(paths) == good | bad
     assert paths == sorted(paths, key=lambda p: [*Path(p).parts])  # the stable sorted order of the scan
     assert list(rows[0])[:3] == ["path", "label", "confidence"] and list(rows[0])[-1] == "error"
+    threaded = tmp_path / "threaded.csv"  # the default on the CPU: a thread pool decodes whole chunks between model batches
+    assert cli("predict-dir", tmp_path / "images", "--checkpoint", run / "best", "--out", threaded, "--batch-size", "4").exit_code == 1
+    assert [(r["path"], r["label"], r["error"]) for r in read_rows(threaded)] == [(r["path"], r["label"], r["error"]) for r in rows]
     assert [c for c in rows[0] if c.startswith("p_")] == ["p_blue", "p_green", "p_red"]  # checkpoint order
     for row, path in zip(rows, paths):
         if path in bad:
@@ -129,7 +132,7 @@ def test_two_processes_write_the_same_csv_as_one(run, tmp_path):
     assert cli("predict-dir", *args, "--out", single).exit_code == 1
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "-m", "tl.predict_dir", *args, "--out", str(double)]
+               "--dynamo_backend", "no", "-m", "tl.predict_dir", *args[:-2], "--out", str(double)]  # default: decoding threads
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert result.returncode != 0, result.stderr[-3000:]  # exit 1 (broken.jpg); the launcher then prints its own traceback
