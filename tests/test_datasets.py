@@ -179,6 +179,12 @@ def test_file_list_is_cached_in_the_manifest(tmp_path):
     assert again.train.samples == first.train.samples and again.fingerprint == first.fingerprint
     fresh = _build(dataset="imagefolder", data_dir=str(root))  # no manifest: the folder is walked
     assert len(fresh.train) == len(first.train) + 1 and fresh.fingerprint != first.fingerprint
+    assert first.test is None
+    for name in ("cat", "dog"):  # a test set added after training is found by `tl eval --split test`
+        write_image(root / "test" / name / "t.png", (9, 9, 9))
+    assert len(_build(dataset="imagefolder", data_dir=str(root), manifest=manifest).test) == 2
+    with pytest.raises(TLError, match="--cache-images"):
+        DataConfig(cache_images="inf")
     first.val.samples[0][0].unlink()
     with pytest.raises(TLError, match="gone"):
         _build(dataset="imagefolder", data_dir=str(root), manifest=manifest)

@@ -25,7 +25,7 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 def _is_number(text: str) -> bool:
     try:
-        return float(text) >= 0
+        return 0 <= float(text) < float("inf")
     except ValueError:
         return False
 

@@ -276,7 +276,7 @@ def _fingerprint(samples: list[tuple[Path, int]], root: Path, sizes: dict[Path, 
         digest.update(f"{relative_key(path, root)}\t{label}\t{size}\n".encode())
     if gone:
         raise TLError(f"{len(gone)} file(s) of the run's file list are gone (e.g. {gone[0]})",
-                      "restore them, or start a new run in another --out to list the folder again")
+                      "restore them, or list the folder again: a new run with --overwrite (or another --out), or delete OUT/split.json")
     return "sha256:" + digest.hexdigest()[:16]
 
 
@@ -289,6 +289,8 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     if cached is not None:  # the run's own file list: no walk over the folder on resume, `tl eval`, `tl reproduce`
         classes, keyed = cached
         parts = {name: [(root / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+        if "test" not in parts and (root / "train").is_dir() and (root / "test").is_dir():  # test/ added after training
+            parts["test"] = _samples(root / "test", classes, sizes)
     else:
         classes, parts = _scan_imagefolder(root, cfg, seed, manifest, sizes)
     train_samples, val_samples, test_samples = parts["train"], parts["val"], parts.get("test") or None

@@ -170,7 +170,7 @@ def command(
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the run's image folder is now, if it moved.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.")] = -1,
-    precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs and on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
+    precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs that have it, fp16 on older ones, bf16 on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
 ) -> None:
     """Evaluate a checkpoint on its run's validation or test split.
 

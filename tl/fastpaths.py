@@ -65,7 +65,7 @@ def compile_model(model: nn.Module, device: torch.device) -> bool:
     """
     blocker = compile_blocker(device)
     if blocker:
-        log.warning(f"--compile: {blocker}; training without it")
+        log.warning(f"--compile: {blocker}; running without it")
         return False
     import torch._dynamo
 

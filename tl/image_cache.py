@@ -47,7 +47,8 @@ def parse_budget(setting: str, local_processes: int = 1) -> int:
 def decoded_size(paths: list[Path], budget: int) -> int | None:
     """Bytes the decoded RGB pixels of ``paths`` take, or None as soon as they cannot fit ``budget``.
 
-    File sizes first (pixels are never smaller than their compressed file), then the image headers."""
+    File sizes first (pixels are never smaller than their compressed file), then the image headers. JPEG and
+    PNG are held as uint8 tensors (3 bytes a pixel); what PIL decodes is held as an RGB image (4 bytes)."""
     from PIL import Image
 
     total = 0
@@ -65,7 +66,7 @@ def decoded_size(paths: list[Path], budget: int) -> int | None:
                 width, height = image.size
         except Exception:  # a bad file is reported when it is loaded
             continue
-        total += width * height * 3
+        total += width * height * (3 if path.suffix.lower() in (".jpg", ".jpeg", ".png") else 4)
         if total > budget:
             return None
     return total
@@ -79,9 +80,16 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
     from tl.datasets import read_image
     from tl.errors import TLError
 
+    import multiprocessing
+
     datasets = [d for d in datasets if d is not None and hasattr(d, "samples") and getattr(d, "decoded", None) is None]
     paths = [path for d in datasets for path, _ in d.samples]
     if budget <= 0 or not paths:
+        return 0
+    # The start method loader workers will use, read without fixing it (get_all_start_methods lists the default first).
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if method != "fork":  # spawned workers would each get a pickled copy
+        log.info("images are streamed from disk: the decoded-image cache needs fork-started loader workers")
         return 0
     size = decoded_size(paths, budget)
     if size is None:

@@ -156,8 +156,8 @@ def read_label_names(path: Path, class_names: list[str]) -> list[str]:
 
 
 def autocast_dtype(precision: Precision, device: "torch.device"):
-    """None for fp32. auto: half precision where the device computes it natively (a GPU; a CPU with AVX512-BF16
-    or AMX), fp32 elsewhere. ``tl eval`` uses the same choice, so the two agree."""
+    """None for fp32. auto: half precision where the device computes it natively (bf16 on GPUs that have it, else
+    fp16; bf16 on a CPU with AVX512-BF16 or AMX), fp32 elsewhere. ``tl eval`` makes the same choice, so the two agree."""
     import torch
 
     from tl.hardware import cpu_has_native_bf16
@@ -242,7 +242,7 @@ def check_folder(images: Path) -> None:
 
 
 def find_images(images: Path) -> list[Path]:
-    """Image files under ``images`` in sorted order. ``rglob`` does not follow symlinked folders, so loops cannot hang it."""
+    """Image files under ``images`` in sorted order; symlinked folders are not entered, so loops cannot hang it."""
     from tl.datasets import IMAGE_EXTENSIONS, list_images
 
     check_folder(images)
@@ -355,6 +355,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
                 else:
                     progress.update(step)
         progress.close()
+        if dataset._pool is not None:
+            dataset._pool.shutdown()
     if handle is not None:
         handle.close()
     summary.seconds = time.perf_counter() - start
@@ -467,7 +469,7 @@ def predict_command(
             failed += 1
             continue
         with torch.inference_mode():
-            probs = probabilities(predictor, image.unsqueeze(0), tta=tta)[0]
+            probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
         values, indices = probs.topk(min(top_k, len(probs)))
         console.print(str(path), style="bold", highlight=False, markup=False, soft_wrap=True)
         table = Table()

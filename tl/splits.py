@@ -12,6 +12,7 @@ of files is the slow part. Manifests without that cache (older runs) are read as
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def split_with_manifest(keys: list[str], labels: list[int], *, val_fraction: flo
 
 def _write(manifest: Path, record: dict) -> None:
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
+    tmp = manifest.with_suffix(f".{os.getpid()}.tmp")  # ranks on nodes with their own disk may write at once
     tmp.write_text(json.dumps(record) + "\n")
     tmp.replace(manifest)
 
@@ -75,7 +76,10 @@ def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tu
     record = json.loads(manifest.read_text()) if manifest.is_file() else {}
     record["splits"] = {name: [key for key, _ in pairs] for name, pairs in parts.items()}
     record["files"] = {"classes": classes, "labels": {name: [label for _, label in pairs] for name, pairs in parts.items()}}
-    _write(manifest, record)
+    try:
+        _write(manifest, record)
+    except OSError:  # a read-only run folder (`tl eval` on someone else's run): the cache is only a speed-up
+        pass
 
 
 def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]]] | None:

@@ -61,8 +61,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         if cfg.run.overwrite and not candidates and accelerator.is_main_process:
             (out / MANIFEST).unlink(missing_ok=True)  # the replaced run's split must not be reused
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
-    cached_bytes = image_cache.preload([data.train, data.val], image_cache.parse_budget(cfg.data.cache_images,
-                                                                                      distributed.local_processes(accelerator)))
+    cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
+                                       image_cache.parse_budget(cfg.data.cache_images, distributed.local_processes(accelerator)),
+                                       threads=max(1, distributed.num_workers(-1, accelerator.num_processes)))
     data.train = EpochSeeded(data.train, cfg.run.seed)
     if candidates:
         state.check_same_run(out, cfg.to_dict(), data.class_names)
