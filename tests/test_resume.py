@@ -109,3 +109,16 @@ def test_resume_of_a_finished_run_does_not_train_again(reference):
     result = cli("train", *ARGS, "--out", reference, "--resume", "auto")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert read_metrics(reference) == before
+
+
+def test_resume_keeps_the_precision_the_run_recorded(tmp_path):
+    import json
+
+    from tl.state import recorded_precision
+
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"run": {"mixed_precision": None}}}))
+    assert recorded_precision(tmp_path, "auto") is None  # a run from before `auto`: accelerate's choice, as it began
+    assert recorded_precision(tmp_path, "bf16") == "bf16"  # asked for explicitly
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"run": {"mixed_precision": "no"}}}))
+    assert recorded_precision(tmp_path, "auto") == "no"
+    assert recorded_precision(tmp_path / "missing", "auto") == "auto"

@@ -120,6 +120,21 @@ def load_training_state(accelerator, candidates: list[Path]) -> tuple[Path, Trai
     return None
 
 
+def recorded_precision(out: Path, requested: str | None) -> str | None:
+    """The precision to resume ``out`` with: the one it recorded, unless another than the default was asked for.
+
+    Runs from before ``--mixed-precision auto`` recorded None (accelerate's choice); resuming one with the new
+    default would change precision mid-run, and on GPUs without bf16 look for a gradient-scaler state the run
+    never saved."""
+    if requested != "auto":
+        return requested
+    try:
+        saved = json.loads((out / "config.json").read_text())["config"]["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return requested
+    return saved.get("mixed_precision", requested)
+
+
 def check_same_run(out: Path, cfg_dict: dict[str, Any], class_names: list[str]) -> None:
     """Refuse to resume a run with another architecture, head, class list or dataset: say what differs."""
     try:

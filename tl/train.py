@@ -39,6 +39,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     if finished_run and not candidates and not cfg.run.overwrite:
         raise TLError(f"--out: {out} already holds a run",
                       "continue it with --resume auto, choose another --out, or pass --overwrite to replace it")
+    if candidates:  # a resumed run keeps the precision it started with
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mixed_precision=state.recorded_precision(out, cfg.run.mixed_precision)))
     accelerator = distributed.make_accelerator(cfg)
     setup_logging(accelerator.is_main_process)
     set_seed(cfg.run.seed)
