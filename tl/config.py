@@ -87,7 +87,7 @@ class DataConfig:
             _require(value is None or len(value) == 3, flag, "needs three numbers, one per RGB channel")
         _require(self.std is None or min(self.std) > 0, "--std", "values must be > 0")
         _require(self.cache_images in ("auto", "off") or _is_number(self.cache_images), "--cache-images",
-                 "must be auto, off or a budget in MiB such as 4096")
+                 f"{self.cache_images!r} is not auto, off or a budget in MiB", "e.g. --cache-images 4096 (MiB), or off to stream from disk")
         if self.device_augment:
             _require(self.dataset == "cifar10" and self.augment == "basic", "--device-augment",
                      "works for --dataset cifar10 with --augment basic only", "drop --device-augment")
