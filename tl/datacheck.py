@@ -143,23 +143,6 @@ def _file_root(parts: list[tuple[str, Any]], cfg) -> Path | None:
     return Path(os.path.commonpath([str(p.parent.parent) for _, data in parts for p, _ in data.samples]))
 
 
-def _walk(root: Path):
-    """Every non-hidden file under ``root`` (os.scandir: one system call per folder, not per file).
-
-    Symlinked folders are not entered, as ``datasets.list_images`` (rglob) does not: a link loop cannot hang it.
-    """
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True):
-                    yield Path(entry.path)
-
-
 def _hash_same_sizes(found: list[dict[str, Any]]) -> None:
     """--quick reads no file whole: only files whose byte counts collide can be duplicates, so hash just those."""
     by_size = defaultdict(list)
@@ -185,6 +168,7 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
     """Scan the data ``cfg`` names; a dict of counts, sizes, modes, problems and notes (see ``print_report``)."""
     from torch.utils.data import DataLoader
 
+    from tl.datasets import scan_images
     from tl.distributed import num_workers
 
     start = time.perf_counter()
@@ -217,7 +201,8 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
                 mode_examples[item["mode"]].append(item["key"])
     sizes = [item["size"] for item in found if item.get("size") and not item.get("problem")]
     used = {f["path"] for f in found if "path" in f}
-    ignored = [p for p in _walk(root) if str(p) not in used] if root is not None else []
+    # every non-hidden file, walked as the datasets walk (symlinked folders not entered: a link loop cannot hang it)
+    ignored = [p for p in scan_images(root, extensions=None) if str(p) not in used] if root is not None else []
     return {
         "dataset": cfg.dataset, "root": str(root) if root else cfg.data_dir, "classes": bundle.class_names,
         "counts": {split: [c[label] for label in range(len(bundle.class_names))] for split, c in counts.items()},

@@ -190,8 +190,9 @@ class ImageFiles(Dataset):
         return (self.transform(image) if self.transform else image), label, readable
 
 
-def scan_images(folder: Path) -> dict[Path, int]:
-    """Image files under ``folder``, recursively, with their sizes in bytes, in a stable (sorted) order.
+def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS) -> dict[Path, int]:
+    """Image files under ``folder`` (every file with ``extensions=None``), recursively, with their sizes in bytes,
+    in a stable (sorted) order.
 
     Hidden files and folders are skipped; symlinked files are included, symlinked folders are not entered (a
     link loop cannot hang it). ``os.scandir`` entries carry the file type, so the walk costs one stat per image
@@ -212,7 +213,7 @@ def scan_images(folder: Path) -> dict[Path, int]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, (*parts, entry.name)))
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                elif (extensions is None or os.path.splitext(entry.name)[1].lower() in extensions) and entry.is_file():
                     found.append(((*parts, entry.name), entry.path, entry.stat().st_size))
             except OSError:  # deleted or unreadable between listing and stat
                 continue
@@ -229,18 +230,40 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _samples(root: Path, classes: list[str], sizes: dict[Path, int]) -> list[tuple[Path, int]]:
-    """(path, class index) of every image in ``root``'s class folders; their sizes are added to ``sizes``."""
-    index = {name: i for i, name in enumerate(classes)}
+def _class_samples(root: Path, classes: list[str], sizes: dict[Path, int]) -> list[tuple[Path, int]]:
+    """(path, class index) of the images in ``root/<class>/`` for each of ``classes`` (a missing folder has none);
+    their sizes are added to ``sizes``."""
     samples = []
-    for name in _class_folders(root):
-        if name not in index:
-            raise TLError(f"{root / name} is a class that {root.parent / 'train'} does not have",
-                          "every class in val/ and test/ must also be a folder in train/")
+    for label, name in enumerate(classes):
         found = scan_images(root / name)
         sizes.update(found)
-        samples += [(path, index[name]) for path in found]
+        samples += [(path, label) for path in found]
     return samples
+
+
+def _samples(root: Path, classes: list[str], sizes: dict[Path, int]) -> list[tuple[Path, int]]:
+    """``_class_samples`` of a split folder whose class folders must all be among ``classes`` (train/'s)."""
+    unknown = sorted(set(_class_folders(root)) - set(classes))
+    if unknown:
+        raise TLError(f"{root / unknown[0]} is a class that {root.parent / 'train'} does not have",
+                      "every class in val/ and test/ must also be a folder in train/")
+    return _class_samples(root, classes, sizes)
+
+
+def _from_file_list(manifest: Path | None, root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]] | None:
+    """Class names and each split's samples from the file list cached in a run's manifest; None without one."""
+    cached = cached_file_list(manifest)
+    if cached is None:
+        return None
+    classes, keyed = cached
+    return classes, {name: [(root / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+
+
+def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts: dict[str, list[tuple[Path, int]]]) -> None:
+    """Cache the file list in the run's manifest, so resume, `tl eval` and `tl reproduce` need no walk."""
+    if manifest is not None:
+        cache_file_list(manifest, classes, {name: [(relative_key(p, root), l) for p, l in samples]
+                                            for name, samples in parts.items() if samples})
 
 
 def check_every_class(classes: list[str], splits: dict[str, list[tuple[Path, int]]]) -> None:
@@ -285,10 +308,9 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     if not root.is_dir():
         raise TLError(f"--data-dir: {root} is not a folder", "pass the folder that holds train/ and val/ (or one folder per class)")
     sizes: dict[Path, int] = {}
-    cached = cached_file_list(manifest)
+    cached = _from_file_list(manifest, root)
     if cached is not None:  # the run's own file list: no walk over the folder on resume, `tl eval`, `tl reproduce`
-        classes, keyed = cached
-        parts = {name: [(root / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+        classes, parts = cached
         if "test" not in parts and (root / "train").is_dir() and (root / "test").is_dir():  # test/ added after training
             parts["test"] = _samples(root / "test", classes, sizes)
     else:
@@ -303,9 +325,8 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
         raise TLError(f"--data-dir: no validation images under {root}", "add val/<class>/ folders or more images per class")
     check_every_class(classes, {"train": train_samples, "val": val_samples})
     fingerprint = _fingerprint(train_samples + val_samples + (test_samples or []), root, sizes)
-    if cached is None and manifest is not None:
-        cache_file_list(manifest, classes, {name: [(relative_key(p, root), l) for p, l in samples]
-                                            for name, samples in parts.items() if samples})
+    if cached is None:
+        _keep_file_list(manifest, root, classes, parts)
     return DatasetBundle(
         ImageFiles(train_samples, classes, train_tf),
         ImageFiles(val_samples, classes, eval_tf),
@@ -396,17 +417,12 @@ def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callabl
 
     folder = caltech_root(Path(cfg.data_dir or "data"), download=cfg.download)
     sizes: dict[Path, int] = {}
-    cached = cached_file_list(manifest)
+    cached = _from_file_list(manifest, folder)
     if cached is not None:  # the run's own file list and split (see _imagefolder)
-        classes, keyed = cached
-        parts = {name: [(folder / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+        classes, parts = cached
     else:
         classes = caltech_classes(folder, background=cfg.caltech_background)
-        everything = []
-        for label, name in enumerate(classes):
-            found = scan_images(folder / name)
-            sizes.update(found)
-            everything += [(path, label) for path in found]
+        everything = _class_samples(folder, classes, sizes)
         if not everything:
             raise TLError(f"--data-dir: no images under {folder}", "is the download complete?")
         split = split_with_manifest([relative_key(p, folder) for p, _ in everything], [l for _, l in everything],
@@ -415,9 +431,8 @@ def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callabl
     check_every_class(classes, {name: parts[name] for name in ("train", "val")})
     everything = sorted((s for samples in parts.values() for s in samples), key=lambda s: (s[1], s[0]))  # class, then path
     fingerprint = _fingerprint(everything, folder, sizes)
-    if cached is None and manifest is not None:
-        cache_file_list(manifest, classes, {name: [(relative_key(p, folder), l) for p, l in samples]
-                                            for name, samples in parts.items() if samples})
+    if cached is None:
+        _keep_file_list(manifest, folder, classes, parts)
     pick = lambda name, tf: ImageFiles(parts[name], classes, tf)
     return DatasetBundle(pick("train", train_tf), pick("val", eval_tf), pick("test", eval_tf) if parts.get("test") else None,
                          classes, fingerprint)

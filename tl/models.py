@@ -85,6 +85,14 @@ def default_sizes(arch: str) -> tuple[int, int]:
     return crop, int(resize)
 
 
+def input_sizes(arch: str, *, image_size: int | None = None, dataset: str = "", synthetic_size: int = 32) -> tuple[int, int]:
+    """(crop, resize) a run feeds the model: ``--image-size``, else the synthetic set's own size (small on purpose:
+    upscaling it to 224 px would only cost time), else the architecture's pretrained size."""
+    check_arch(arch)
+    size = image_size or (synthetic_size if dataset == "synthetic" else None)
+    return (size, round(size / 0.875)) if size else default_sizes(arch)
+
+
 def build_base(arch: str, num_classes: int | None = None) -> nn.Module:
     """The architecture as its builder makes it: ImageNet's 1,000 outputs for torchvision models."""
     check_arch(arch)

@@ -160,15 +160,13 @@ def autocast_dtype(precision: Precision, device: "torch.device"):
     fp16; bf16 on a CPU with AVX512-BF16 or AMX), fp32 elsewhere. ``tl eval`` makes the same choice, so the two agree."""
     import torch
 
-    from tl.hardware import cpu_has_native_bf16
+    from tl.distributed import auto_precision
     from tl.progress import log
 
-    if precision == Precision.auto:
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_native_bf16() else None
-        return torch.float16 if device.type == "mps" else None
+    if precision == Precision.auto:  # training's rule, except on mps, where inference autocast works in fp16
+        if device.type not in ("cuda", "cpu"):
+            return torch.float16 if device.type == "mps" else None
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(auto_precision(device.type == "cuda"))
     if precision == Precision.fp16 and device.type == "cpu":
         log.warning("fp16 autocast does nothing on the CPU; using bf16 instead")
         return torch.bfloat16

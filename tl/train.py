@@ -27,7 +27,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.engine import TrainContext, evaluate, train_one_epoch
     from tl.finetune import phase_for_epoch, resolve_auto, set_train_mode
     from tl.heads import HeadSpec
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model, check_arch, default_sizes
+    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model, input_sizes
     from tl.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.progress import log, setup_logging
     from tl.state import TrainingProgress
@@ -46,11 +46,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     set_seed(cfg.run.seed)
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
-    check_arch(cfg.model.arch)
-    size, resize = default_sizes(cfg.model.arch)
-    image_size = cfg.data.image_size or (cfg.data.synthetic_size if cfg.data.dataset == "synthetic" else None)
-    if image_size:  # the synthetic set is small on purpose: upscaling it to 224 px would only cost time
-        size, resize = image_size, round(image_size / 0.875)
+    size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
+                               synthetic_size=cfg.data.synthetic_size)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
     on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there

@@ -14,15 +14,7 @@ ImageSize = Annotated[Optional[int], typer.Option(help="Input size (as tl train 
 
 
 def input_sizes(data: DataConfig, arch: str) -> tuple[int, int]:
-    """(crop, resize): ``--image-size``, else the synthetic set's own size, else the architecture's pretrained size.
+    """(crop, resize) as ``tl train`` resolves them (``tl.models.input_sizes``) for these data flags."""
+    from tl.models import input_sizes as resolve
 
-    The same rule as ``tl.train.run`` (which keeps it inline): the synthetic set is small on purpose.
-    """
-    from tl.models import check_arch, default_sizes
-
-    check_arch(arch)
-    size, resize = default_sizes(arch)
-    image_size = data.image_size or (data.synthetic_size if data.dataset == "synthetic" else None)
-    if image_size:
-        size, resize = image_size, round(image_size / 0.875)
-    return size, resize
+    return resolve(arch, image_size=data.image_size, dataset=data.dataset, synthetic_size=data.synthetic_size)
