@@ -9,7 +9,6 @@ import hashlib
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from tl.config import DataConfig
+from tl.decode import load_rgb, read_image  # noqa: F401  (read_image: the decoder every loader uses)
 from tl.errors import TLError
 from tl.splits import cache_file_list, cached_file_list, split_with_manifest, stratified_split
 
@@ -121,46 +121,6 @@ def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable
 # --------------------------------------------------------------------------------------------------
 # Folders of images
 # --------------------------------------------------------------------------------------------------
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open any image file as RGB; a file PIL cannot read becomes a one-line TLError."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale down to 8 bits
-                image = image.point(lambda v: v / 256).convert("L")
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TLError(f"cannot read image {path}: {exc}", "remove or replace the file, then run again")
-
-
-_FAST_DECODE = (".jpg", ".jpeg", ".png")
-# torchvision 0.29 deprecates its decoders (in favour of torchcodec, not a dependency): say it once in our notes, not per image.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
-
-
-def read_image(path: Path):
-    """An RGB image to transform: a uint8 (3, H, W) tensor decoded by torchvision.io for JPEG/PNG, else PIL.
-
-    torchvision.io's decoders (libjpeg-turbo, libpng) plus tensor transforms ran at 451 images/s on one core on
-    the bees/ants photos against 336 for PIL decode + transforms. Anything they do not decode to 8-bit RGB
-    (CMYK, 16-bit, damaged files) goes through PIL, which also gives the one-line reason when a file is bad.
-    """
-    if path.suffix.lower() in _FAST_DECODE:
-        import torch
-
-        try:  # deprecated since torchvision 0.29 in favour of torchcodec; when it is gone, PIL does it all
-            from torchvision.io import ImageReadMode, decode_image, read_file
-        except ImportError:
-            return load_rgb(path)
-        try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-            if image.dtype == torch.uint8 and image.shape[0] == 3:
-                return image
-        except (RuntimeError, ValueError):
-            pass
-    return load_rgb(path)
 
 
 class ImageFiles(Dataset):

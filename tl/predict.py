@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from tl.errors import TLError
+from tl.inflight import InFlight, decoder_crash_is_an_error
 from tl.predictions_csv import csv_header, csv_row, read_done
 
 if TYPE_CHECKING:
@@ -196,8 +197,9 @@ class ImagePaths:
     With ``threads`` > 1 a whole batch is decoded by a thread pool (``__getitems__``, which the DataLoader
     calls when it exists; the decoders release the GIL): see ``predict_dir`` for why on the CPU."""
 
-    def __init__(self, paths: list[Path], transform, size: int, threads: int = 1) -> None:
+    def __init__(self, paths: list[Path], transform, size: int, threads: int = 1, known_errors: dict[int, str] | None = None) -> None:
         self.paths, self.transform, self.size, self.threads = paths, transform, size, threads
+        self.known_errors = known_errors or {}  # index -> reason, not decoded again (a file that crashed the decoder)
         self._pool = None
 
     def __len__(self) -> int:
@@ -215,8 +217,10 @@ class ImagePaths:
     def __getitem__(self, index: int):
         import torch
 
-        from tl.datasets import read_image
+        from tl.decode import read_image
 
+        if index in self.known_errors:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, self.known_errors[index]
         try:  # decoded exactly as training and `tl eval` decode, so the probabilities match theirs
             return self.transform(read_image(self.paths[index])), index, ""
         except Exception as exc:  # a TLError from PIL, or a transform failing on a degenerate image: one row, not the run
@@ -300,6 +304,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         done, failed_before, end = read_done(out, header)
     accelerator.wait_for_everyone()  # every process has read the file before the main one cuts it
     pending = [i for i, rel in enumerate(relative) if rel not in done]
+    marker = InFlight(out)
+    crashed = marker.culprits([files[i] for i in pending], accelerator) if resume else {}
     summary = Summary(total=len(files), resumed=len(files) - len(pending), failed=failed_before)
 
     handle = None
@@ -328,13 +334,18 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         take_turns = device.type == "cpu" and num_workers < 0
         workers = 0 if take_turns else resolve_workers(num_workers, accelerator.num_processes)
         threads = max(1, resolve_workers(-1, accelerator.num_processes)) if take_turns else 1
-        dataset = ImagePaths([files[i] for i in pending], predictor.pixels(), predictor.size, threads=threads)
+        dataset = ImagePaths([files[i] for i in pending], predictor.pixels(), predictor.size, threads=threads,
+                             known_errors={k: crashed[files[i]] for k, i in enumerate(pending) if files[i] in crashed})
+        loader_batch, prefetch = batch_size * (CPU_CHUNK_BATCHES if take_turns else 1), 4 if workers else None
         loader = accelerator.prepare_data_loader(DataLoader(
-            dataset, batch_size=batch_size * (CPU_CHUNK_BATCHES if take_turns else 1), shuffle=False, num_workers=workers,
-            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None))
+            dataset, batch_size=loader_batch, shuffle=False, num_workers=workers,
+            pin_memory=device.type == "cuda", prefetch_factor=prefetch))
+        # Files decoded but not yet written: what a crash of a decoder can have been working on.
+        if accelerator.is_main_process:
+            marker.write(loader_batch * (workers * (prefetch or 0) + 2) * accelerator.num_processes)
         progress = EpochProgress(description="predict", total=len(loader), enabled=accelerator.is_main_process,
                                  every=max(1, len(loader) // 10))
-        with torch.inference_mode():
+        with torch.inference_mode(), decoder_crash_is_an_error(out):
             for step, (batch, indices, errors) in enumerate(loader, start=1):
                 batch = batch.to(device, non_blocking=True)
                 probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)
@@ -357,6 +368,7 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
             dataset._pool.shutdown()
     if handle is not None:
         handle.close()
+        marker.clear()  # finished: nothing was in flight
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -364,7 +376,7 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
 def print_summary(summary: Summary, out: Path) -> None:
     from rich.table import Table
 
-    from tl.progress import console
+    from tl.progress import console, out_console
 
     table = Table(title="tl predict-dir: done", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -373,9 +385,10 @@ def print_summary(summary: Summary, out: Path) -> None:
     for key, value in {"images": summary.total, "predicted now": f"{summary.predicted} ({rate:.1f} img/s)",
                        "already in the CSV": summary.resumed, "unreadable": summary.failed, "csv": out}.items():
         table.add_row(key, str(value))
-    console.print(table)
-    if summary.failed:
-        console.print(f"{summary.failed} file(s) could not be read: see the error column of {out} (exit code 1)")
+    out_console().print(table)
+    if summary.failed:  # a warning, so stderr: stdout keeps the summary alone
+        console.print(f"{summary.failed} file(s) could not be read: see the error column of {out} (exit code 1)",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -443,39 +456,50 @@ def predict_command(
     label_names: LabelNamesOpt = None,
     tta: TtaOpt = False,
     calibration: CalibrationOpt = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of tables, one object per file: path, top (label, probability), error (null, or why it could not be read).", rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Show the top classes of a few images (exit 1 when one could not be read).
 
-    Example: tl predict cat.jpg dog.png --checkpoint runs/r18/best
+    Examples:
+
+      tl predict cat.jpg dog.png --checkpoint runs/r18/best
+
+      tl predict *.jpg --checkpoint runs/r18/best --json > predictions.json
     """
     import torch
     from rich.table import Table
 
     from tl.datasets import read_image
-    from tl.progress import console
+    from tl.progress import console, out_console
 
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise TLError(f"no such file: {', '.join(missing[:3])}", "pass image files; for a folder use `tl predict-dir`")
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
-    transform, failed = predictor.transform(), 0
+    transform, answers, out = predictor.transform(), [], out_console()
     for path in images:
         try:
             image = transform(read_image(path))
-        except TLError as error:
+        except TLError as error:  # said on stderr in both modes; with --json it is also the file's "error"
             console.print(f"{path}: {error.message}", style="red", highlight=False, markup=False, soft_wrap=True)
-            failed += 1
+            answers.append({"path": str(path), "top": [], "error": error.message})
             continue
         with torch.inference_mode():
             probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
         values, indices = probs.topk(min(top_k, len(probs)))
-        console.print(str(path), style="bold", highlight=False, markup=False, soft_wrap=True)
+        top = [{"label": predictor.class_names[i], "probability": v} for v, i in zip(values.tolist(), indices.tolist())]
+        answers.append({"path": str(path), "top": top, "error": None})
+        if as_json:
+            continue
+        out.print(str(path), style="bold")
         table = Table()
         table.add_column("#", justify="right")
         table.add_column("class")
         table.add_column("probability", justify="right")
-        for rank, (value, index) in enumerate(zip(values.tolist(), indices.tolist()), start=1):
-            table.add_row(str(rank), predictor.class_names[index], f"{value:.4f}")
-        console.print(table)
-    if failed:
+        for rank, entry in enumerate(top, start=1):
+            table.add_row(str(rank), entry["label"], f"{entry['probability']:.4f}")
+        out.print(table)
+    if as_json:
+        print(json.dumps(answers, indent=2))
+    if any(answer["error"] for answer in answers):
         raise typer.Exit(1)
