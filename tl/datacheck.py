@@ -224,10 +224,11 @@ def _mode(mode: str) -> str:
 
 def print_report(report: dict[str, Any]) -> int:
     """Print the report to stdout; the number of problems (not counting notes)."""
-    from rich.console import Console
     from rich.table import Table
 
-    out = Console(highlight=False, soft_wrap=True)
+    from tl.progress import out_console
+
+    out = out_console()
     splits = list(report["counts"])
     table = Table(title=f"{report['dataset']} {report['root'] or ''}: {len(report['classes'])} classes", title_justify="left")
     table.add_column("class")

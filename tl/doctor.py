@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Mapping, Optional
 
@@ -230,13 +231,13 @@ def command(
     problems += check_workers(plan, per_node)
 
     main_here = _int(env, "LOCAL_RANK") in (None, 0)
-    if main_here:
+    if main_here:  # the facts are the answer, on stdout; warnings and the fatal error go to stderr
         tag = "[tl doctor]" + (f" node {env['SLURM_NODEID']}" if "SLURM_NODEID" in env else "")
         for key, value in _facts(plan):
             print(f"{tag} {key}: {value}", flush=True)
     for problem in problems:
         if not problem.fatal and main_here:
-            print(f"[tl doctor] warning: {problem.message} (hint: {problem.hint})", flush=True)
+            print(f"[tl doctor] warning: {problem.message} (hint: {problem.hint})", file=sys.stderr, flush=True)
     fatal = [p for p in problems if p.fatal]
     if fatal:
         raise TLError(fatal[0].message, fatal[0].hint)

@@ -139,7 +139,9 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
 def print_report(result: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
-    from tl.progress import console
+    from tl.progress import out_console
+
+    console = out_console()
 
     cal = result["calibration"]
     summary = Table(title=f"tl eval: {result['split']} ({result['count']} images)", title_justify="left", show_header=False)
@@ -160,7 +162,7 @@ def print_report(result: dict[str, Any], out: Path) -> None:
     console.print(per_class)
     if result["most_confused"]:
         pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in result["most_confused"][:5])
-        console.print(f"most confused: {pairs}", highlight=False)
+        console.print(f"most confused: {pairs}")
 
 
 def command(
@@ -171,10 +173,15 @@ def command(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.")] = -1,
     precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs that have it, fp16 on older ones, bf16 on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics written to --out as JSON instead of the tables.")] = False,
 ) -> None:
     """Evaluate a checkpoint on its run's validation or test split.
 
-    Example: tl eval --checkpoint runs/r18/best --split test
+    Examples:
+
+      tl eval --checkpoint runs/r18/best --split test
+
+      tl eval --checkpoint runs/r18/best --json | jq .top1
     """
     result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
                                  precision=precision.value)
@@ -190,4 +197,7 @@ def command(
     if png is not None:  # without the viz extra (pip install 'tl[viz]') the CSV alone is written
         result["confusion_png"] = str(png)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print_report(result, out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result, out)

@@ -80,6 +80,7 @@ def command(
     if not checkpoint.exists():
         raise TLError(f"no checkpoint at {checkpoint}", "pass RUN/best, RUN/last or RUN/state/step-N")
     out = export(checkpoint, to, format)
-    from tl.progress import console
+    from tl.progress import out_console
 
-    console.print(f"exported {checkpoint} -> {out}" + (" (+ model.onnx, outputs checked)" if format == ExportFormat.onnx else ""))
+    onnx = " (+ model.onnx, outputs checked)" if format == ExportFormat.onnx else ""
+    out_console().print(f"exported {checkpoint} -> {out}{onnx}")

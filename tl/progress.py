@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 log = logging.getLogger("tl")
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and diagnostics; a command's answer goes to out_console()
+PIPED_WIDTH = 10_000  # wider than any path: piped, a table row stays one line that grep and cut can read
+
+
+def out_console() -> Console:
+    """A command's answer (its table, summary or line), on whatever ``sys.stdout`` is now: test runners and notebooks
+    swap it. No highlighting, markup or emoji codes, so a file name such as ``[1]:cat:.jpg`` prints as it is and piped
+    output is plain text; piped, rows are not wrapped at 80 columns."""
+    out = Console(file=sys.stdout, highlight=False, markup=False, emoji=False, soft_wrap=True)
+    if not out.is_terminal and not out.is_jupyter:
+        out.width = PIPED_WIDTH
+    return out
 
 
 class _CurrentStderr(logging.StreamHandler):

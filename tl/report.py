@@ -19,7 +19,7 @@ from tl.config import TrainConfig
 from tl.datasets import DatasetBundle
 from tl.heads import head_param_names
 from tl.models import ModelInfo
-from tl.progress import console
+from tl.progress import console, out_console
 
 
 def _fmt_count(n: int) -> str:
@@ -151,6 +151,7 @@ def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers:
 
 
 def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerator: Accelerator) -> None:
+    """The run's answer, on stdout; the plan and the epoch lines before it are progress, on stderr."""
     if not accelerator.is_main_process or not best:
         return
     table = Table(title="tl train: done", title_justify="left", show_header=False)
@@ -168,5 +169,5 @@ def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerato
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    console.print(table)
+    out_console().print(table)
 
