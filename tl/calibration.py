@@ -4,6 +4,11 @@ Fine-tuned networks are over-confident (Guo et al., 2017, "On Calibration of Mod
 single temperature fitted on the validation set fixes most of it without changing any prediction (argmax
 is unchanged by dividing by T > 0). The fitted T is stored in the checkpoint's metadata and prediction reads
 ``meta.get("temperature", 1.0)``.
+
+It helps only where it can be trusted: on Caltech-101's 2,172 test images T took ECE from 0.142 to 0.016, but on
+small validation sets the NLL-optimal T often made ECE worse (12 images: 0.107 -> 0.216; 153: 0.0585 -> 0.0596).
+So ``decide_temperature`` fits only on enough images and keeps T only where a 2-fold cross-fit shows that a T
+fitted on one half lowers both NLL and ECE on the other; otherwise T = 1, and the record says why.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# Below this many readable validation images T is not fitted: each half of the cross-fit would hold under 50, too
+# few for a 15-bin ECE to tell an improvement from noise (12 images: the fitted T = 0.36 doubled ECE, 0.107 -> 0.216).
+MIN_CALIBRATION_IMAGES = 100
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100) -> float:
@@ -88,9 +97,38 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     }
 
 
+def cross_fit(logits: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
+    """Held-out NLL and ECE at T = 1 and at a T fitted on the other half, averaged over both directions of a
+    seeded 2-fold split: what the temperature does to images it was not fitted on."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    halves = order[: len(order) // 2], order[len(order) // 2:]
+    folds = [calibration_report(logits[test], labels[test], fit_temperature(logits[fit], labels[fit]))
+             for fit, test in (halves, halves[::-1])]
+    return {key: sum(fold[key] for fold in folds) / 2 for key in ("ece_before", "ece_after", "nll_before", "nll_after")}
+
+
+def decide_temperature(logits: torch.Tensor, labels: torch.Tensor, *, min_count: int = MIN_CALIBRATION_IMAGES,
+                       seed: int = 0) -> dict[str, Any]:
+    """The temperature to store and why: T fitted on all images, kept only when the cross-fit shows held-out NLL and
+    ECE both improve; else 1.0. The record: ``temperature``, ``kept``, ``reason``, ``count``, ECE/NLL on all images
+    before and after the stored T, the ``fitted_temperature`` and the ``held_out`` numbers (None when too few)."""
+    count = len(labels)
+    if count < min_count:
+        return {**calibration_report(logits, labels, 1.0), "kept": False, "count": count, "fitted_temperature": None,
+                "held_out": None, "reason": f"too few readable validation images to calibrate ({count}, need {min_count})"}
+    fitted, held_out = fit_temperature(logits, labels), cross_fit(logits, labels, seed=seed)
+    kept = held_out["nll_after"] < held_out["nll_before"] and held_out["ece_after"] < held_out["ece_before"]
+    reason = (f"a T fitted on one half {'lowered' if kept else 'did not lower both'} the other half's "
+              f"NLL {held_out['nll_before']:.4f} -> {held_out['nll_after']:.4f} and "
+              f"ECE {held_out['ece_before']:.4f} -> {held_out['ece_after']:.4f} (2-fold cross-fit, {count} images)")
+    return {**calibration_report(logits, labels, fitted if kept else 1.0), "kept": kept, "count": count,
+            "fitted_temperature": fitted, "held_out": held_out, "reason": reason}
+
+
 def calibrate_checkpoint(checkpoint_dir: str | Path, data, *, batch_size: int = 64, num_workers: int = 0,
                          device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Fit a temperature on ``data`` and store it in the checkpoint: ``"temperature"`` plus a ``"calibration"`` record.
+    """Decide a temperature on ``data`` (``decide_temperature``) and store it in the checkpoint: ``"temperature"``
+    (1.0 when not kept) plus the ``"calibration"`` record, which says whether it was kept and why.
 
     ``data``: a Dataset or DataLoader of ``(image, label[, readable])`` preprocessed as the checkpoint evaluates
     (training's ``data.val`` is exactly that). Runs on one process; the validation set is small.
@@ -102,7 +140,6 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data, *, batch_size: int = 
     model, _ = load_checkpoint(checkpoint_dir)
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers) if isinstance(data, Dataset) else data
     logits, labels, _ = collect_logits(model.to(device), loader, device)
-    record = calibration_report(logits, labels, fit_temperature(logits, labels))
-    record["count"] = len(labels)
+    record = decide_temperature(logits, labels)
     update_meta(checkpoint_dir, temperature=record["temperature"], calibration=record)
     return record

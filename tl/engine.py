@@ -1,7 +1,8 @@
 """The per-batch loops: ``train_one_epoch`` and ``evaluate``.
 
 Metrics are summed on the device and reduced once per epoch: calling ``.item()`` on every step would make
-the host wait for the accelerator each time. The only sync inside an epoch is when progress is shown.
+the host wait for the accelerator each time. The only sync inside an epoch is when progress is shown; a
+non-finite loss is noted on the device each step and read back only at such sync points (``LossGuard``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from tl.errors import TLError
 from tl.progress import EpochProgress
 
 
@@ -31,6 +33,40 @@ class TrainContext:
     log_every: int = 20
     batch_mix: Callable | None = None  # MixUp/CutMix: (images, labels) -> (images, soft labels)
     augment: Callable | None = None  # on the device: (uint8 images, batch index) -> float images (tl.gpu_augment)
+    guard: "LossGuard | None" = None  # stops the run at the first nan/inf loss
+
+
+class LossGuard:
+    """Stops training at the first nan or inf loss. No later step undoes one: every weight it reaches turns nan,
+    and saving them would replace a good checkpoint with a broken one.
+
+    ``note`` remembers the first bad step on the device, so no step waits for it; ``check`` reads it back (a host
+    sync), so it runs only where the loop syncs anyway. With several processes ``check`` is a collective: every
+    process calls it at the same step, and all stop together.
+    """
+
+    def __init__(self, device: torch.device, hint: str = "") -> None:
+        self.first = torch.zeros(2, dtype=torch.float64, device=device)  # (optimizer step, loss) of the first; step 0: none
+        self.hint = hint
+
+    def note(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().double()
+        fresh = ~torch.isfinite(value) & (self.first[0] == 0)
+        self.first[0] = torch.where(fresh, float(step), self.first[0])
+        self.first[1] = torch.where(fresh, value, self.first[1])
+
+    def alarm(self) -> torch.Tensor:
+        """1.0 on the device once a loss was non-finite, to fold into a collective that runs anyway (no sync here)."""
+        return (self.first[:1] > 0).double()
+
+    def check(self, accelerator: Accelerator, epoch: int) -> None:
+        """Raise a TLError naming the epoch (0-based here) and the first bad step if any process saw one."""
+        rows = accelerator.gather(self.first[None]) if accelerator.num_processes > 1 else self.first[None]
+        seen = [(step, value) for step, value in rows.tolist() if step]
+        if seen:
+            step, value = min(seen)
+            raise TLError(f"loss is {value} at epoch {epoch + 1} step {int(step)}: training stopped before saving anything after it",
+                          self.hint)
 
 
 def split_outputs(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -67,6 +103,7 @@ def train_one_epoch(
     step: int,
     description: str,
     start_batch: int = 0,
+    epoch: int = 0,
     sums: torch.Tensor | None = None,
     after_step: Callable[[int, int, torch.Tensor], bool] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -80,7 +117,8 @@ def train_one_epoch(
     count as this epoch's time, so its images/s stay honest.
 
     Nothing in a step waits for the device: ``data_wait`` is the host's time blocked on the loader, which is
-    the device's idle time as long as the host keeps ahead; every ``log_every`` steps progress syncs.
+    the device's idle time as long as the host keeps ahead; every ``log_every`` steps progress syncs, and on one
+    process ``ctx.guard`` is checked there too (with several, the caller checks it where all processes meet).
     """
     accelerator = ctx.accelerator
     device = accelerator.device
@@ -114,10 +152,14 @@ def train_one_epoch(
                     accelerator.clip_grad_norm_(model.parameters(), ctx.clip_grad)
             ctx.optimizer.step()
             ctx.optimizer.zero_grad(set_to_none=True)
+        if ctx.guard is not None:
+            ctx.guard.note(loss, step + 1)
         n = weight.sum()
         sums += torch.stack([loss.detach().double() * n, ((logits.detach().argmax(1) == labels) * readable).sum().double(),
                              n.double(), (readable.numel() - n).double()])
         if progress.wants_stats(batch_index):
+            if ctx.guard is not None and accelerator.num_processes == 1:
+                ctx.guard.check(accelerator, epoch)  # the progress sync below waits for the device anyway
             loss_avg, acc = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()  # the one sync point
             rate = (sums[2].item() - seen_at_start) * accelerator.num_processes / (time.perf_counter() - start)  # estimate
             waiting = data_wait / max(time.perf_counter() - start, 1e-9)

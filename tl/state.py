@@ -15,7 +15,7 @@ import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -67,24 +67,69 @@ def read_progress(path: Path) -> TrainingProgress | None:
         return None
 
 
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process: with several, a collective (every process calls it), so all of them
+    take the same branch and none is left waiting for the others."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
+
+
+def main_process_writes(accelerator, write: Callable[[], Any], out: Path) -> None:
+    """Run ``write`` on the main process. A failed write (a full disk, a read-only ``--out``) becomes one TLError
+    naming the file, and every process raises it together (with several, this is a collective): no traceback, no hang."""
+    from tl.checkpoint import write_error
+
+    failure: TLError | None = None
+    if accelerator.is_main_process:
+        try:
+            write()
+        except TLError as error:  # tl.checkpoint's own, for a checkpoint that could not be written
+            failure = error
+        except OSError as error:  # metrics.jsonl, config.json, curves.png
+            failure = write_error(Path(error.filename or out), error)
+    if any_process(accelerator, failure is not None):
+        raise failure or TLError(f"the main process could not write to {out}", "its error is printed above")
+
+
 def save_training_state(accelerator, out: Path, progress: TrainingProgress, keep: int) -> Path:
     """Every process calls this; the main process renames the finished folder into place and prunes old ones.
 
-    ``progress.epoch_sums`` must already be summed over processes (the main process resumes with them).
+    ``progress.epoch_sums`` must already be summed over processes (the main process resumes with them). A failed
+    write (a full disk, a read-only ``--out``) on any process removes the half-written folder and raises the same
+    TLError on every process; the previous state stays as it was.
     """
+    from tl.checkpoint import WRITE_ERRORS, write_error
+
     root = state_root(out)
     final = root / f"step-{progress.step:08d}"
     tmp = root / f".tmp-step-{progress.step:08d}"
-    if accelerator.is_main_process:
+    failure: TLError | None = None
+
+    def make_room() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(output_dir=str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def finish() -> None:
         (tmp / PROGRESS_FILE).write_text(json.dumps(asdict(progress)))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+
+    def on_main(stage):  # the folders are the main process's; save_state writes every process's share
+        return stage if accelerator.is_main_process else lambda: None
+
+    # Each stage is followed by a collective, which is also the barrier the next stage needs.
+    for stage in (on_main(make_room), lambda: accelerator.save_state(output_dir=str(tmp), safe_serialization=True),
+                  on_main(finish)):
+        try:
+            stage()
+        except WRITE_ERRORS as error:
+            failure = write_error(final, error)  # before the clean-up frees the space
+        if any_process(accelerator, failure is not None):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise failure or TLError(f"could not write {final} on another process", "its error is printed above")
+    if accelerator.is_main_process:
         for old in complete_states(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -189,9 +234,12 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def agreed(self, accelerator) -> bool:
-        """Whether any process was asked to stop; a collective, so every rank stops at the same step."""
+    def agreed(self, accelerator, alarm: torch.Tensor | None = None) -> bool:
+        """Whether any process was asked to stop, or (several processes) raised ``alarm``, a device flag such as
+        ``LossGuard.alarm()``: one collective for both, so every rank stops at the same step."""
         if accelerator.num_processes == 1:
             return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        if alarm is not None:
+            flag = flag + alarm.to(flag)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)

@@ -24,7 +24,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl import checkpoint, distributed, fastpaths, feature_cache, gpu_augment, image_cache, report, state
     from tl.datasets import EpochSeeded, build_datasets
     from tl.splits import MANIFEST
-    from tl.engine import TrainContext, evaluate, train_one_epoch
+    from tl.engine import LossGuard, TrainContext, evaluate, train_one_epoch
     from tl.finetune import phase_for_epoch, resolve_auto, set_train_mode
     from tl.heads import HeadSpec
     from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model, input_sizes
@@ -116,6 +116,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         batch_mix=batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
         augment=gpu_augment.DeviceAugment(size=size, mean=mean, std=std, seed=cfg.run.seed, scale=(cfg.data.crop_scale_min, 1.0))
         if on_device else DeviceNormalize(mean, std, channels_last=fast["channels_last"]) if pixels_only else None,
+        guard=LossGuard(accelerator.device, nonfinite_hint(cfg, accelerator.mixed_precision)),
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
@@ -125,7 +126,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         resumed_from, progress = resumed
         plateau = Plateau(**progress.plateau) if progress.plateau else plateau
         log.info(f"resumed from {resumed_from}: epoch {progress.epoch + 1}, batch {progress.batches_done}, step {progress.step}")
-    if accelerator.is_main_process:
+
+    def start_files() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if resumed:  # keep the lines of finished epochs only: a crash after a line but before its state repeats the epoch
             report.truncate_metrics(out / "metrics.jsonl", progress.epoch)
@@ -134,6 +136,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             report.write_config(out / "config.json", cfg, data, accelerator, strategy=strategy,
                                  backbone_lr_mult=backbone_lr_mult, image_size=size, **fast)
             (out / "metrics.jsonl").write_text("")
+
+    state.main_process_writes(accelerator, start_files, out)  # a read-only --out: one line on every process
     distributed.start_trackers(accelerator, cfg)
 
     def save_state(epoch: int, batches_done: int, step: int, sums: torch.Tensor) -> None:
@@ -162,16 +166,20 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             carried = torch.tensor(progress.epoch_sums, dtype=torch.float64) if skip and accelerator.is_main_process else None
 
             def after_step(step: int, batches_done: int, sums: torch.Tensor) -> bool:
-                # Several processes agree through a collective (a host sync): every STOP_CHECK_EVERY steps only.
-                stopping = stop.agreed(accelerator) if accelerator.num_processes == 1 or step % state.STOP_CHECK_EVERY == 0 else False
+                # Several processes agree through a collective (a host sync): every STOP_CHECK_EVERY steps only, on a
+                # stop signal or a nan loss. The guard is checked before every save: a nan model is never saved.
+                agree = accelerator.num_processes == 1 or step % state.STOP_CHECK_EVERY == 0
+                stopping = stop.agreed(accelerator, ctx.guard.alarm()) if agree else False
                 if stopping or (cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0):
+                    ctx.guard.check(accelerator, epoch)
                     save_state(epoch, batches_done, step, sums)
                 return stopping
 
             result = train_one_epoch(model, loader, ctx, step=step, description=f"epoch {epoch + 1}/{cfg.run.epochs}",
-                                     start_batch=skip, sums=carried, after_step=after_step,
+                                     start_batch=skip, epoch=epoch, sums=carried, after_step=after_step,
                                      forward=cache.forward if cache else None, prep_seconds=prep_seconds)
             step = result.step
+            ctx.guard.check(accelerator, epoch)
             if result.metrics is None:
                 log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
                 raise SystemExit(EXIT_REQUEUE)
@@ -183,13 +191,18 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                               "fix or remove them (`tl check-data` lists them all), or drop --strict to leave them out")
             if ema is not None:
                 metrics.update(evaluate(ema, val_loader, accelerator, prefix="ema_val"))
+            for key in ("val_loss", "ema_val_loss"):  # the last step's update can leave the weights nan (gathered: all ranks)
+                if not math.isfinite(metrics.get(key, 0.0)):
+                    raise TLError(f"{key} is {metrics[key]} after epoch {epoch + 1}: the weights went non-finite; "
+                                  "training stopped before saving them", ctx.guard.hint)
             if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
                 log.info(f"val top-1 stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
             metrics["lr_reductions"] = plateau.reductions
             improved = not best or (metrics["val_top1"], -metrics["val_loss"]) > (best["val_top1"], -best["val_loss"])
             if improved:
                 best = progress.best = metrics
-            if accelerator.is_main_process:
+
+            def save_epoch() -> None:  # on a full disk the previous checkpoints stay whole (tl.checkpoint)
                 report.record_epoch(out, metrics, improved, workers=workers)
                 unwrapped = accelerator.unwrap_model(model)
                 checkpoint.save_checkpoint(out / "last", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
@@ -197,6 +210,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                     checkpoint.save_checkpoint(out / "best", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
                 if ema is not None:
                     checkpoint.save_checkpoint(out / "ema", ema.module, {**meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema})
+
+            state.main_process_writes(accelerator, save_epoch, out)
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
             save_state(epoch + 1, 0, step, torch.zeros(4, dtype=torch.float64, device=accelerator.device))
             if stop.agreed(accelerator):
@@ -211,19 +226,32 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     finally:
         stop.uninstall()
 
-    if accelerator.is_main_process and best:  # temperature scaling on val: predict-dir's probabilities mean what they say
+    def finish_files() -> None:
         from tl.calibration import calibrate_checkpoint
-
-        cal = calibrate_checkpoint(out / "best", data.val, batch_size=cfg.data.batch_size, device=accelerator.device)
-        log.info(f"calibration: temperature {cal['temperature']:.3f}, val ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
-    if accelerator.is_main_process:
         from tl.viz.curves import write_curves_if_available
 
+        if best:  # temperature scaling on val, where it shows it helps: predict-dir's probabilities mean what they say
+            cal = calibrate_checkpoint(out / "best", data.val, batch_size=cfg.data.batch_size, device=accelerator.device)
+            kept = f"T = {cal['temperature']:.3f} kept" if cal["kept"] else "T = 1"
+            log.info(f"calibration: {kept}: {cal['reason']}")
         write_curves_if_available(out)  # RUN/curves.png with the tl[viz] extra; nothing, silently, without it
+
+    state.main_process_writes(accelerator, finish_files, out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     report.print_summary(best, seconds=time.perf_counter() - start, out=out, accelerator=accelerator)
     return best
+
+
+def nonfinite_hint(cfg: TrainConfig, precision: str) -> str:
+    """The likely fixes for a nan/inf loss, most likely first."""
+    fixes = [f"lower --lr (now {cfg.optim.lr:g})",
+             f"lower --clip-grad (now {cfg.optim.clip_grad:g})" if cfg.optim.clip_grad else "add --clip-grad 1.0"]
+    if cfg.finetune.backbone_lr_mult > 1 and cfg.model.weights.lower() != "none":  # the backbone's rate is lr x this
+        fixes.insert(1, f"lower --backbone-lr-mult (now {cfg.finetune.backbone_lr_mult:g})")
+    if precision == "fp16":  # fp16 overflows at 65504: bf16 has float32's range
+        fixes.append("use --mixed-precision bf16")
+    return ", or ".join(fixes)
 
 
 # ------------------------------------------------------------------------------------------------------
