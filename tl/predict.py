@@ -469,7 +469,7 @@ def predict_command(
     import torch
     from rich.table import Table
 
-    from tl.datasets import read_image
+    from tl.decode import read_image
     from tl.progress import console, out_console
 
     missing = [str(p) for p in images if not p.is_file()]
@@ -480,9 +480,10 @@ def predict_command(
     for path in images:
         try:
             image = transform(read_image(path))
-        except TLError as error:  # said on stderr in both modes; with --json it is also the file's "error"
-            console.print(f"{path}: {error.message}", style="red", highlight=False, markup=False, soft_wrap=True)
-            answers.append({"path": str(path), "top": [], "error": error.message})
+        except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
+            reason = exc.message if isinstance(exc, TLError) else f"cannot use image {path}: {type(exc).__name__}: {exc}"
+            console.print(f"{path}: {reason}", style="red", highlight=False, markup=False, soft_wrap=True)  # stderr, also with --json
+            answers.append({"path": str(path), "top": [], "error": reason})
             continue
         with torch.inference_mode():
             probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
