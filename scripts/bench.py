@@ -18,7 +18,7 @@ on a frozen backbone without augmentation (the tutorials' "fixed feature extract
 
 ``loader`` times one epoch of tl's training input pipeline (``ImageFiles`` + ``train_transform`` on uint8
 tensors + per-sample seeding) against the tutorials' ``ImageFolder`` + PIL ``transforms`` pipeline, with the
-same DataLoader settings. ``predict`` times ``tl predict-dir``'s code path (``tl.predict.predict_dir``: DataLoader workers, batches,
+same DataLoader settings. ``predict`` times ``tl predict-dir``'s code path (``tl.inference.folder.predict_dir``: DataLoader workers, batches,
 inference mode, streaming CSV) against the plain per-image loop (open, transform, unsqueeze, forward, one file
 at a time) on the same files and checkpoint, alternating the two and repeating, and reports medians.
 """
@@ -54,9 +54,9 @@ def quick_images(folder: Path, count: int = 64) -> Path:
 
 def quick_checkpoint(folder: Path, arch: str = "squeezenet1_0", size: int = 224) -> Path:
     """A real architecture with random weights, saved as a tl checkpoint (what ``tl train`` writes)."""
-    from tl.checkpoint import save_checkpoint
-    from tl.heads import HeadSpec
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tl.models.checkpoint import save_checkpoint
+    from tl.models.heads import HeadSpec
 
     head = HeadSpec()
     model, info = build_model(arch, 2, head=head, image_size=size)
@@ -72,7 +72,7 @@ def per_image_loop(checkpoint: Path, files: list[Path]) -> float:
     from PIL import Image
     from torchvision import transforms as T
 
-    from tl.checkpoint import load_checkpoint
+    from tl.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     model.eval()
@@ -88,7 +88,8 @@ def per_image_loop(checkpoint: Path, files: list[Path]) -> float:
 
 def batched(checkpoint: Path, images: Path, out: Path, args: argparse.Namespace) -> float:
     """``tl predict-dir`` as the command runs it, model loading excepted (the loop loads it once too)."""
-    from tl.predict import Precision, load_predictor, predict_dir
+    from tl.inference.folder import predict_dir
+    from tl.inference.predictor import Precision, load_predictor
 
     predictor = load_predictor(checkpoint)
     start = time.perf_counter()
@@ -100,7 +101,7 @@ def batched(checkpoint: Path, images: Path, out: Path, args: argparse.Namespace)
 def bench_predict(args: argparse.Namespace) -> dict:
     import torch
 
-    from tl.predict import find_images
+    from tl.inference.folder import find_images
 
     logging.getLogger("tl").disabled = True  # progress lines would be timed too
     scratch = Path(tempfile.mkdtemp(prefix="tl-bench-"))
@@ -129,7 +130,7 @@ def bench_predict(args: argparse.Namespace) -> dict:
             print(f"repeat {repeat + 1}/{args.repeats}: {name} {rate:.1f} img/s", file=sys.stderr)
     medians, ratio = report_runs(f"predict: {len(files)} images, {checkpoint}", runs, baseline="per-image loop",
                                  candidate="tl predict-dir")
-    from tl.checkpoint import read_meta
+    from tl.models.checkpoint import read_meta
 
     meta = read_meta(checkpoint)
     return {"bench": "predict", "images": str(images), "count": len(files), "checkpoint": str(checkpoint), "arch": meta["arch"],
@@ -180,10 +181,10 @@ def bench_loader(args: argparse.Namespace) -> dict:
     from torchvision import transforms as T
 
     from tl.config import DataConfig
-    from tl.datasets import EpochSeeded, build_datasets
-    from tl.image_cache import auto_budget, preload
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD
-    from tl.transforms import BatchNormalize, eval_transform, train_pixels
+    from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.image_cache import auto_budget, preload
+    from tl.data.transforms import BatchNormalize, eval_transform, train_pixels
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
 
     images = args.images
     if images is None:
@@ -304,8 +305,8 @@ def tutorial_train(images: Path, args: argparse.Namespace, workers: int) -> dict
     from torchvision import datasets as tv_datasets
     from torchvision import transforms as T
 
-    from tl.heads import HeadSpec, head_param_names
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tl.models.heads import HeadSpec, head_param_names
 
     torch.manual_seed(0)
     if args.strategy == "full":
@@ -343,7 +344,7 @@ def tl_train(images: Path, args: argparse.Namespace, workers: int, out: Path) ->
     """``tl train`` as the command runs it (``tl.train.run``); its own epoch timers give the training time."""
     from tl.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
     from tl.progress import console
-    from tl.train import run
+    from tl.training.run import run
 
     cfg = TrainConfig(
         data=DataConfig(dataset="imagefolder", data_dir=str(images), image_size=args.size, batch_size=args.batch_size,
@@ -372,7 +373,7 @@ def tl_train(images: Path, args: argparse.Namespace, workers: int, out: Path) ->
 def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
-    from tl.distributed import num_workers
+    from tl.runtime import num_workers
 
     logging.getLogger("tl").disabled = True  # progress lines would be timed too
     images = _train_images(args)

@@ -11,9 +11,9 @@ import torch
 
 from tests.conftest import TINY, cli, make_image_folder, read_metrics, write_image
 from tl.config import DataConfig
-from tl.datasets import build_datasets
+from tl.data.datasets import build_datasets
+from tl.data.transforms import eval_transform, train_transform
 from tl.errors import TLError
-from tl.transforms import eval_transform, train_transform
 
 TF = dict(size=16, resize=18, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -191,7 +191,7 @@ def test_file_list_is_cached_in_the_manifest(tmp_path):
 
 
 def test_scan_order_skips_hidden_and_does_not_follow_folder_links(tmp_path):
-    from tl.datasets import scan_images
+    from tl.data.datasets import scan_images
 
     root = tmp_path / "imgs"
     for rel in ("b/2.jpg", "a/x/1.PNG", "a-b/0.jpg", "a/0.jpg", ".hidden/1.jpg", "a/.h.jpg", "a/notes.txt"):
@@ -206,8 +206,8 @@ def test_scan_order_skips_hidden_and_does_not_follow_folder_links(tmp_path):
 def test_decoded_cache_gives_the_same_samples_and_respects_its_budget(tmp_path):
     """Preloaded images go through the same transforms with the same seeds: identical tensors; a set over
     the budget is streamed; a bad file stays a masked, reported sample."""
-    from tl.datasets import EpochSeeded
-    from tl.image_cache import decoded_size, parse_budget, preload
+    from tl.data.datasets import EpochSeeded
+    from tl.data.image_cache import decoded_size, parse_budget, preload
 
     root = make_image_folder(tmp_path / "data", {"cat": (200, 40, 40), "dog": (40, 40, 200)}, 3, size=20)
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -230,7 +230,7 @@ def test_uint8_pixels_normalised_on_the_device_equal_the_float_preset(augment):
     as the float preset, seed for seed."""
     from PIL import Image
 
-    from tl.transforms import DeviceNormalize, train_pixels
+    from tl.data.transforms import DeviceNormalize, train_pixels
 
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl.errors import TLError
 from tests.conftest import TINY, cli, make_image_folder, write_image
+from tl.errors import TLError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40)}
 
@@ -72,7 +72,7 @@ def _flat(root: Path, per_class: dict[str, int]) -> Path:
 
 
 def test_split_manifest_is_stratified_seeded_and_readable(tmp_path):
-    from tl.splits import split_with_manifest
+    from tl.data.splits import split_with_manifest
 
     source = _flat(tmp_path / "flat", {"a": 8, "b": 12, "c": 4})
     args = ("split", source, "--fractions", "0.5,0.25,0.25", "--seed", "7")
@@ -115,7 +115,7 @@ def test_materialized_split_trains_with_its_own_stats(tmp_path):
 
 
 def test_stats_match_analytic_values(tmp_path):
-    from tl.train_cli import _rgb
+    from tl.training.command import _rgb
 
     c1, c2 = np.array([200, 100, 0]), np.array([0, 100, 250])
     for name in ("x", "y"):

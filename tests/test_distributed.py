@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, read_metrics
-from tl.checkpoint import checkpoint_state
+from tl.models.checkpoint import checkpoint_state
 
 # 3 classes x (13 // 4 = 3) val images = 9: odd, so the sampler pads one in; gather_for_metrics must drop it.
 TRAIN = ("--arch", "resnet18", "--image-size", "32", "--dataset", "synthetic", "--synthetic-classes", "3",

@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from tests.conftest import TINY, cli, make_image_folder, read_metrics
-from tl.calibration import (MIN_CALIBRATION_IMAGES, calibrate_checkpoint, decide_temperature, expected_calibration_error,
-                            fit_temperature)
-from tl.checkpoint import checkpoint_state, read_meta, update_meta
 from tl.errors import TLError
-from tl.evaluate import Split, classification_metrics, load_split
+from tl.inference.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    calibrate_checkpoint,
+    decide_temperature,
+    expected_calibration_error,
+    fit_temperature,
+)
+from tl.inference.evaluate import Split, classification_metrics, load_split
+from tl.models.checkpoint import checkpoint_state, read_meta, update_meta
 
 
 def _sampled(n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

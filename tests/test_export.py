@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, cli
-from tl.checkpoint import checkpoint_state, load_checkpoint, read_meta
+from tl.models.checkpoint import checkpoint_state, load_checkpoint, read_meta
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY, cli, read_metrics
-from tl.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_meta
 from tl.errors import TLError
-from tl.state import TrainingProgress, complete_states, save_training_state
+from tl.models.checkpoint import load_checkpoint, read_meta, save_checkpoint, update_meta
+from tl.training.state import TrainingProgress, complete_states, save_training_state
 
 # 4 classes x 8 images, batches of 8: 4 optimizer steps an epoch. SGD at 1e30 moves every weight by ~1e28 in the
 # first step, so the second forward pass overflows float32 and bf16 alike: the loss is non-finite at step 2.
@@ -54,7 +54,7 @@ def test_nan_loss_stops_the_run_at_once_with_exit_2(tmp_path):
 def test_nan_loss_after_a_good_epoch_leaves_its_checkpoints_alone(tmp_path):
     from safetensors.torch import save_file
 
-    from tl.models import build_model
+    from tl.models.architectures import build_model
 
     # Epoch 1 trains the head at a sane rate; epoch 2 unfreezes a backbone whose rate is absurd (0.01 x 1e32). The
     # backbone multiplier applies to pretrained weights only: any weights file will do.
@@ -137,7 +137,7 @@ def disk(tmp_path):
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_whole(disk):
-    from tl.models import build_model
+    from tl.models.architectures import build_model
 
     model, _ = build_model("resnet18", 3)
     meta = {"arch": "resnet18", "num_classes": 3, "head": {"kind": "linear"}, "input_size": 32, "epoch": 1}

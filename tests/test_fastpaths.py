@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY, cli, read_metrics
-from tl.checkpoint import checkpoint_state
-from tl.distributed import resolve_precision
-from tl.fastpaths import apply_channels_last, compile_blocker, compile_model, is_convolutional
-from tl.hardware import cpu_has_native_bf16
-from tl.models import build_model
+from tl.models.architectures import build_model
+from tl.models.checkpoint import checkpoint_state
+from tl.models.fastpaths import apply_channels_last, compile_blocker, compile_model, is_convolutional
+from tl.runtime import cpu_has_native_bf16, resolve_precision
 
 
 def _model(arch: str = "resnet18"):
@@ -93,7 +92,7 @@ def test_cache_stays_off_with_augmentation_and_config_records_the_fast_paths(tmp
 
 
 def test_data_wait_hint_names_the_flag():
-    from tl.report import data_wait_hint
+    from tl.training.report import data_wait_hint
 
     assert data_wait_hint(0.1, workers=0, cpus=4) is None
     assert "--num-workers" in data_wait_hint(0.6, workers=1, cpus=4)

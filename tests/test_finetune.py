@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl.finetune import Phase, apply_phase, parameter_groups, phase_for_epoch, resolve_auto, set_train_mode
-from tl.heads import head_param_names
-from tl.models import backbone_stages, build_model
+from tl.models.architectures import backbone_stages, build_model
+from tl.models.heads import head_param_names
+from tl.training.strategies import Phase, apply_phase, parameter_groups, phase_for_epoch, resolve_auto, set_train_mode
 
 
 def _snapshot(model):

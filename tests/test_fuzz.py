@@ -26,8 +26,8 @@ def corpus(tmp_path_factory) -> list[Path]:
 
 
 def test_no_damaged_file_crashes_or_hangs_the_decoder(corpus):
-    """3,000 damaged files, each decoded by tl.decode.read_image in a child process: a crash names its file."""
-    from tl.isolated_decode import OK, UNREADABLE, decode_each_in_child
+    """3,000 damaged files, each decoded by tl.data.decode.read_image in a child process: a crash names its file."""
+    from tl.data.isolated_decode import OK, UNREADABLE, decode_each_in_child
 
     outcomes = decode_each_in_child(corpus, timeout=120)
     assert len(outcomes) == len(corpus) == 500 * len(FORMATS)
@@ -45,7 +45,7 @@ def test_no_damaged_file_crashes_or_hangs_the_decoder(corpus):
 def test_pixel_limit_follows_pil_and_is_one_line(tmp_path):
     from PIL import Image
 
-    from tl.decode import read_image
+    from tl.data.decode import read_image
     from tl.errors import TLError
 
     path = write_image(tmp_path / "big.png", (10, 200, 10), size=64)
@@ -109,7 +109,7 @@ def test_train_with_damaged_files_mixed_in_finishes_and_counts_them(corpus, tmp_
     result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--batch-size", "4",
                  "--out", out, "--cache-images", "off")
     assert result.exit_code == 0, result.output + repr(result.exception)
-    from tl.decode import read_image
+    from tl.data.decode import read_image
     from tl.errors import TLError
 
     def unreadable(path: Path) -> bool:
@@ -130,16 +130,16 @@ def test_train_with_damaged_files_mixed_in_finishes_and_counts_them(corpus, tmp_
 CRASHING_DECODER = textwrap.dedent("""
     # Loaded at start-up (sitecustomize): a decoder that kills the process on files named *CRASHME*, as a native bug would.
     import os, signal
-    import tl.decode
+    import tl.data.decode
 
-    _real = tl.decode.read_image
+    _real = tl.data.decode.read_image
 
     def read_image(path):
         if "CRASHME" in str(path):
             os.kill(os.getpid(), signal.SIGSEGV)
         return _real(path)
 
-    tl.decode.read_image = read_image
+    tl.data.decode.read_image = read_image
 """)
 
 

@@ -11,8 +11,8 @@ from torch.nn import functional as F
 from tests.conftest import TINY, cli, read_metrics
 from tests.test_datasets import make_cifar, no_md5  # noqa: F401  (the fixture)
 from tl.config import DataConfig
+from tl.data.gpu_augment import DeviceAugment
 from tl.errors import TLError
-from tl.gpu_augment import DeviceAugment
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

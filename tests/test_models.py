@@ -8,8 +8,8 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from tl.errors import TLError
-from tl.heads import ClassifierHead, HeadSpec, find_original_head, get_head, replace_head
-from tl.models import IMAGENET_CLASSES, available_archs, backbone_stages, build_base, build_model, check_arch
+from tl.models.architectures import IMAGENET_CLASSES, available_archs, backbone_stages, build_base, build_model, check_arch
+from tl.models.heads import ClassifierHead, HeadSpec, find_original_head, get_head, replace_head
 
 
 def test_every_torchvision_classifier_is_listed():

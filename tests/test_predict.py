@@ -202,7 +202,7 @@ def test_batch_normalize_matches_the_eval_transform():
     """Workers send uint8 crops and the batch is normalised where the model runs: same numbers as eval_transform."""
     import torch
 
-    from tl.transforms import BatchNormalize, eval_pixels, eval_transform
+    from tl.data.transforms import BatchNormalize, eval_pixels, eval_transform
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     image = torch.randint(0, 256, (3, 40, 52), dtype=torch.uint8)
@@ -216,7 +216,7 @@ def test_batch_normalize_matches_the_eval_transform():
 
 def test_precision_auto_stays_close_to_fp32(run, tmp_path):
     """auto is bf16 on CPUs with native bf16 (fp32 elsewhere): probabilities within a bf16 rounding of fp32."""
-    from tl.hardware import cpu_has_native_bf16
+    from tl.runtime import cpu_has_native_bf16
 
     data = run.parent / "data" / "val"
     common = ("--checkpoint", run / "best", "--num-workers", "0")

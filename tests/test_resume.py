@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, cli, read_metrics
-from tl.checkpoint import checkpoint_state
 from tl.errors import EXIT_REQUEUE
+from tl.models.checkpoint import checkpoint_state
 
 ARGS = ("--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16", "--log-every", "1000",
         "--dataset", "synthetic", "--synthetic-per-class", "24", "--epochs", "2", "--save-every-steps", "2", "--keep-states", "3",
@@ -114,7 +114,7 @@ def test_resume_of_a_finished_run_does_not_train_again(reference):
 def test_resume_keeps_the_precision_the_run_recorded(tmp_path):
     import json
 
-    from tl.state import recorded_precision
+    from tl.training.state import recorded_precision
 
     (tmp_path / "config.json").write_text(json.dumps({"config": {"run": {"mixed_precision": None}}}))
     assert recorded_precision(tmp_path, "auto") is None  # a run from before `auto`: accelerate's choice, as it began

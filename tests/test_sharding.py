@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from accelerate.utils import gather_object
 from tl.config import DataConfig, RunConfig, TrainConfig
-from tl.datasets import DatasetBundle
-from tl import distributed
+from tl.data.datasets import DatasetBundle
+from tl.training import setup
 
 class Indices(Dataset):
     """Item i is i: what each process drew is then plain to see."""
@@ -30,9 +30,9 @@ class Indices(Dataset):
     def __getitem__(self, i): return torch.tensor(i)
 
 cfg = TrainConfig(data=DataConfig(dataset="synthetic", batch_size=4, num_workers=0), run=RunConfig(out=sys.argv[1], seed=3))
-accelerator = distributed.make_accelerator(cfg)
+accelerator = setup.make_accelerator(cfg)
 bundle = DatasetBundle(Indices(48), Indices(13), None, ["a", "b"], "test")
-train, val = accelerator.prepare(*distributed.loaders(bundle, cfg, accelerator))
+train, val = accelerator.prepare(*setup.loaders(bundle, cfg, accelerator))
 record = {"rank": accelerator.process_index, "epochs": []}
 for epoch in range(2):
     train.set_epoch(epoch)

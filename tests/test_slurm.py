@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import ROOT, cli, read_metrics
 from tests.slurm_cluster import LocalSlurm, Unavailable
-from tl.doctor import Plan, check_address, check_layout, check_workers
+from tl.cluster.doctor import Plan, check_address, check_layout, check_workers
 
 BODY = "# ---- body:"
 # 2 processes x batch 4; 3 classes x 24 images: 9 steps per epoch, a few seconds each epoch on 2 cores.
@@ -221,7 +221,7 @@ def test_train_sbatch_runs_two_processes_on_a_real_slurm(reference_run):
 
 
 def _has_resume() -> bool:
-    from tl import train_cli
+    from tl.training import command as train_cli
 
     return "resume" in inspect.signature(train_cli.command).parameters
 

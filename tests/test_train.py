@@ -8,7 +8,7 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import TINY, cli, read_metrics
-from tl.checkpoint import load_checkpoint, read_meta
+from tl.models.checkpoint import load_checkpoint, read_meta
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_run_writes_every_output(synthetic_run):
 def test_checkpoint_rebuilds_the_trained_model(synthetic_run):
     import torch
 
-    from tl.checkpoint import checkpoint_state
+    from tl.models.checkpoint import checkpoint_state
 
     out, _ = synthetic_run
     model, meta = load_checkpoint(out / "best")
@@ -82,7 +82,7 @@ def test_imagefolder_mixed_modes_run(image_folder, tmp_path):
 def test_gradual_unfreezes_the_backbone(tmp_path):
     import torch
 
-    from tl.checkpoint import checkpoint_state
+    from tl.models.checkpoint import checkpoint_state
 
     out = tmp_path / "gradual"
     args = (*TINY, "--dataset", "synthetic", "--synthetic-per-class", "16", "--strategy", "gradual", "--unfreeze-epoch", "1")
@@ -90,7 +90,7 @@ def test_gradual_unfreezes_the_backbone(tmp_path):
     after_head_only = tmp_path / "head_only"
     assert cli("train", *args, "--epochs", "2", "--strategy", "linear", "--out", after_head_only).exit_code == 0
     gradual, linear = checkpoint_state(out / "last"), checkpoint_state(after_head_only / "last")
-    from tl.models import build_model
+    from tl.models.architectures import build_model
 
     torch.manual_seed(0)
     assert not torch.equal(gradual["layer1.0.conv1.weight"], linear["layer1.0.conv1.weight"])  # backbone trained in epoch 2

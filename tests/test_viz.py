@@ -183,8 +183,8 @@ def test_show_predictions(run, tmp_path):
 
 
 def test_gradcam_peaks_on_the_patch(run):
-    from tl.datasets import read_image
-    from tl.predict import load_predictor
+    from tl.data.decode import read_image
+    from tl.inference.predictor import load_predictor
     from tl.viz.gradcam import gradcam, target_layer
 
     out, data = run
@@ -228,8 +228,8 @@ def test_target_layer_of_every_family():
     table's layer exists, runs once and gives a (batch, channels, height, width) map larger than 1x1 at 224 px."""
     from accelerate import init_empty_weights
 
-    from tl.heads import HeadSpec, find_original_head, replace_head
-    from tl.models import IMAGENET_CLASSES, available_archs, build_base
+    from tl.models.architectures import IMAGENET_CLASSES, available_archs, build_base
+    from tl.models.heads import HeadSpec, find_original_head, replace_head
     from tl.viz.gradcam import NO_FEATURE_MAP, TARGET_LAYERS, check_layer, family, target_layer
 
     archs = available_archs()
@@ -251,7 +251,7 @@ def test_target_layer_of_every_family():
 
 def test_gradcam_on_tl_models():
     """Real (randomly initialised) models with tl's heads: the table's layer for torchvision, the rule for a cut model."""
-    from tl.models import build_model
+    from tl.models.architectures import build_model
     from tl.viz.gradcam import gradcam, target_layer
 
     torch.manual_seed(0)

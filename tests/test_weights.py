@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import TINY, cli
-from tl.checkpoint import checkpoint_state
 from tl.errors import TLError
-from tl.models import build_base, build_model
+from tl.models.architectures import build_base, build_model
+from tl.models.checkpoint import checkpoint_state
 
 
 def test_checkpoint_of_4_classes_initialises_3_classes(tmp_path, caplog):

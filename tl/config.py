@@ -62,8 +62,8 @@ class DataConfig:
     synthetic_classes: int = 4
     synthetic_per_class: int = 48
     synthetic_size: int = 32
-    device_augment: bool | None = None  # None: on for cifar10 with basic augmentation on a GPU (tl.gpu_augment)
-    cache_images: str = "auto"  # decoded folder images kept in memory: auto | off | a budget in MiB (tl.image_cache)
+    device_augment: bool | None = None  # None: on for cifar10 with basic augmentation on a GPU (tl.data.gpu_augment)
+    cache_images: str = "auto"  # decoded folder images kept in memory: auto | off | a budget in MiB (tl.data.image_cache)
 
     def __post_init__(self) -> None:
         if not self.dataset.startswith("hf:"):
@@ -194,7 +194,7 @@ class RunConfig:
     # auto: bf16 where the device computes it natively, fp16 + grad scaler on GPUs without bf16, else fp32;
     # under `accelerate launch` its --mixed_precision decides. None (older config.json files): accelerate's.
     mixed_precision: str | None = "auto"
-    channels_last: bool = True  # convolutional models only (tl.fastpaths)
+    channels_last: bool = True  # convolutional models only (tl.models.fastpaths)
     compile: bool = False  # torch.compile the model; falls back to eager with a log line where it cannot
     cache_features: bool = True  # linear strategy without augmentation: backbone features computed once
     early_stop_patience: int = 0  # 0: off

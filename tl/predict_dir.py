@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tl.predict import predict_dir_command as command
+from tl.inference.commands import predict_dir_command as command
 
 if __name__ == "__main__":
-    from tl.cli import run_single
+    from tl.entry import run_single
 
     run_single(command)

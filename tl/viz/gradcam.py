@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from tl.errors import TLError
-from tl.predict import ArchOpt, CheckpointOpt, WeightsOpt
+from tl.inference.commands import ArchOpt, CheckpointOpt, WeightsOpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +53,7 @@ def last_feature_map(model: "nn.Module", size: int) -> str:
     last with a (batch, channels, height, width) output, outside the head and not a pooling layer."""
     import torch
 
-    from tl.heads import get_head
+    from tl.models.heads import get_head
 
     heads = get_head(model).all
     finished: list[str] = []
@@ -88,7 +88,7 @@ def refuse_transformers(arch: str) -> None:
 
 def target_layer(model: "nn.Module", arch: str, size: int) -> str:
     """The layer Grad-CAM looks at when ``--layer`` is not given."""
-    from tl.models import CutModel
+    from tl.models.architectures import CutModel
 
     refuse_transformers(arch)
     known = family(arch)
@@ -113,7 +113,7 @@ def gradcam(model: "nn.Module", images: "torch.Tensor", layer: str,
     import torch
     import torch.nn.functional as F
 
-    from tl.engine import split_outputs
+    from tl.models.heads import split_outputs
 
     module = check_layer(model, layer)
     kept: list[torch.Tensor] = []
@@ -201,8 +201,8 @@ def command(
     """
     import torch
 
-    from tl.datasets import read_image
-    from tl.predict import load_predictor, probabilities
+    from tl.data.decode import read_image
+    from tl.inference.predictor import load_predictor, probabilities
     from tl.viz import require_matplotlib, to_image
 
     require_matplotlib()
@@ -234,7 +234,7 @@ def command(
 
 
 def _checkpoint_arch(checkpoint: Optional[Path]) -> str:
-    from tl.checkpoint import read_meta
+    from tl.models.checkpoint import read_meta
 
     return read_meta(checkpoint)["arch"] if checkpoint is not None else ""
 

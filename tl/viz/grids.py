@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 
 import typer
 
-from tl import dataflags as flags
+from tl.data import flags
 from tl.errors import TLError
-from tl.evaluate import Split
-from tl.train_cli import Augment
+from tl.inference.evaluate import Split
+from tl.training.command import Augment
 from tl.viz.inputs import Arch, ImageSize
 
 if TYPE_CHECKING:
@@ -123,9 +123,9 @@ def show_batch_command(
 
     Example: tl show-batch --dataset imagefolder --data-dir data/hymenoptera --arch resnet18 --n 16 --out batch.png
     """
-    from tl.datasets import build_datasets
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD
-    from tl.transforms import eval_transform, train_transform
+    from tl.data.datasets import build_datasets
+    from tl.data.transforms import eval_transform, train_transform
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
     from tl.viz import require_matplotlib
     from tl.viz.inputs import input_sizes
 
@@ -176,8 +176,8 @@ def pick_predictions(predictor, dataset, *, n: int, errors_only: bool, seed: int
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from tl.distributed import num_workers as resolve_workers
-    from tl.predict import probabilities
+    from tl.inference.predictor import probabilities
+    from tl.runtime import num_workers as resolve_workers
     from tl.viz import to_image
 
     loader = DataLoader(Subset(dataset, _order(len(dataset), seed)), batch_size=batch_size,
@@ -204,7 +204,7 @@ def pick_predictions(predictor, dataset, *, n: int, errors_only: bool, seed: int
 
 def default_out(checkpoint: Path, name: str) -> Path:
     """RUN/name for a checkpoint of a run (not inside RUN/best, which the next save replaces); else ./name."""
-    from tl.evaluate import _run_dir
+    from tl.inference.evaluate import _run_dir
 
     try:
         return _run_dir(checkpoint) / name
@@ -242,8 +242,8 @@ def show_predictions_command(
 
       tl show-predictions --checkpoint runs/r18/best --dataset imagefolder --data-dir new_photos --split test
     """
-    from tl.evaluate import load_split
-    from tl.predict import check_checkpoint_path, load_predictor
+    from tl.inference.evaluate import load_split
+    from tl.inference.predictor import check_checkpoint_path, load_predictor
     from tl.viz import require_matplotlib
 
     require_matplotlib()

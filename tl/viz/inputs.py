@@ -14,7 +14,7 @@ ImageSize = Annotated[Optional[int], typer.Option(help="Input size (as tl train 
 
 
 def input_sizes(data: DataConfig, arch: str) -> tuple[int, int]:
-    """(crop, resize) as ``tl train`` resolves them (``tl.models.input_sizes``) for these data flags."""
-    from tl.models import input_sizes as resolve
+    """(crop, resize) as ``tl train`` resolves them (``tl.models.architectures.input_sizes``) for these data flags."""
+    from tl.models.architectures import input_sizes as resolve
 
     return resolve(arch, image_size=data.image_size, dataset=data.dataset, synthetic_size=data.synthetic_size)

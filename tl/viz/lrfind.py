@@ -16,9 +16,9 @@ from typing import Annotated
 
 import typer
 
-from tl import dataflags as flags
+from tl.data import flags
 from tl.errors import TLError
-from tl.train_cli import Optimizer, Strategy
+from tl.training.command import Optimizer, Strategy
 from tl.viz.inputs import Arch, ImageSize
 
 SWEEP, OUTPUT = "Sweep", "Output"
@@ -50,8 +50,9 @@ def sweep(model, loader, optimizer, *, start_lr: float, end_lr: float, steps: in
     """(rates, losses) of up to ``steps`` optimizer steps on ever higher rates; the loader is cycled if it is short."""
     import torch
 
-    from tl.engine import masked_mean, split_outputs
-    from tl.optim import set_lr
+    from tl.models.heads import split_outputs
+    from tl.training.loop import masked_mean
+    from tl.training.optim import set_lr
 
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     lrs, losses, best = [], [], math.inf
@@ -131,13 +132,13 @@ def command(
     from torch.utils.data import DataLoader
 
     from tl.config import OptimConfig
-    from tl.datasets import build_datasets
-    from tl.distributed import num_workers as resolve_workers
-    from tl.finetune import apply_phase, parameter_groups, phase_for_epoch, resolve_auto, set_train_mode
-    from tl.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-    from tl.optim import build_optimizer
+    from tl.data.datasets import build_datasets
+    from tl.data.transforms import eval_transform, train_transform
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model
     from tl.progress import console
-    from tl.transforms import eval_transform, train_transform
+    from tl.runtime import num_workers as resolve_workers
+    from tl.training.optim import build_optimizer
+    from tl.training.strategies import apply_phase, parameter_groups, phase_for_epoch, resolve_auto, set_train_mode
     from tl.viz import require_matplotlib
     from tl.viz.inputs import input_sizes
 

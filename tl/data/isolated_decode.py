@@ -1,0 +1,123 @@
+"""Decoding files in a child process, so that a decoder that crashes or hangs names its file instead of killing us.
+
+Used where a crash already happened once (``predict-dir --resume`` after a run died: the files that were in
+flight are decoded here first, and the one that kills the decoder gets an error row instead of killing the
+run again) and by the fuzz test. The child decodes the files one by one with ``tl.data.decode.read_image``, the
+function training and prediction use, announcing each before it starts: when the child dies, the last file
+it announced is the culprit, and a fresh child carries on with the files after it.
+
+Run as a program it is that child: ``python -m tl.data.isolated_decode`` reads a JSON list of paths on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+CRASHED, HUNG, UNREADABLE, OK, BUG = "crashed", "hung", "unreadable", "ok", "bug"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ok | unreadable (a clean TLError) | crashed | hung | bug (any other exception: a defect in tl)
+    detail: str = ""
+
+
+def _signal_name(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def decode_each_in_child(paths: list[str | Path], *, timeout: float = 60.0, env: dict[str, str] | None = None) -> dict[str, Outcome]:
+    """Every path's outcome, decoded in child processes; a crash or a hang costs a new child, not this process.
+
+    ``timeout``: seconds one file may take (the first also pays the child's start-up) before it counts as hung.
+    """
+    names = [str(p) for p in paths]
+    outcomes: dict[str, Outcome] = {}
+    start = 0
+    while start < len(names):
+        done_up_to = _run_child(names, start, timeout, env, outcomes)
+        start = done_up_to + 1
+    return outcomes
+
+
+def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str] | None, outcomes: dict[str, Outcome]) -> int:
+    """Decode ``names[start:]`` in one child; returns the index of the last file it settled."""
+    child = subprocess.Popen([sys.executable, "-m", "tl.data.isolated_decode"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env, text=True, encoding="utf-8", errors="surrogateescape")
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in child.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    assert child.stdin is not None
+    try:
+        child.stdin.write(json.dumps(names[start:]))
+        child.stdin.close()
+    except BrokenPipeError:
+        pass
+    current = start - 1  # the file the child announced last
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            child.kill()
+            child.wait()
+            if current >= start and names[current] not in outcomes:
+                outcomes[names[current]] = Outcome(HUNG, f"the decoder hung on this file (no answer in {timeout:.0f} s)")
+            return max(current, start)
+        if line is None:
+            returncode = child.wait()
+            if current < start:  # died before its first file: nothing to blame, so do not start it again and again
+                for name in names[start:]:
+                    outcomes.setdefault(name, Outcome(BUG, f"the decoding process failed to start ({_signal_name(returncode)})"))
+                return len(names) - 1
+            if names[current] not in outcomes:
+                outcomes[names[current]] = Outcome(CRASHED, f"the decoder crashed on this file ({_signal_name(returncode)})")
+            return current
+        kind, _, rest = line.rstrip("\n").partition(" ")
+        index, _, detail = rest.partition(" ")
+        position = start + int(index)
+        if kind == "S":
+            current = position
+        else:
+            outcomes[names[position]] = Outcome({"O": OK, "E": UNREADABLE, "B": BUG}[kind], detail)
+
+
+def _child() -> None:
+    from tl.data.decode import read_image
+    from tl.errors import TLError
+
+    names = json.loads(sys.stdin.read())
+    out = sys.stdout
+    for index, name in enumerate(names):
+        out.write(f"S {index}\n")
+        out.flush()  # announced before decoding: if the decoder kills us, the parent knows the file
+        try:
+            read_image(name)
+            out.write(f"O {index}\n")
+        except TLError as error:
+            out.write(f"E {index} {' '.join(error.message.split())}\n")
+        except Exception as exc:  # noqa: BLE001  (reported to the parent as a defect, with its type)
+            out.write(f"B {index} {type(exc).__name__}: {' '.join(str(exc).split())}\n")
+    out.flush()
+    os._exit(0)  # skip interpreter teardown: nothing to clean up, and it is the slow part
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,150 @@
+"""``tl predict-dir`` (a folder to a streaming CSV) and ``tl predict`` (a few images to a table or JSON): the CLI layer.
+
+Exit codes: 0 every file was predicted, 1 some files could not be read (their rows carry an ``error``),
+2 bad input (TLError).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tl.errors import TLError
+from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_folder, predict_dir
+from tl.inference.predictor import Precision, autocast_dtype, load_predictor, probabilities
+
+
+def print_summary(summary: Summary, out: Path) -> None:
+    from rich.table import Table
+
+    from tl.progress import console, out_console
+
+    table = Table(title="tl predict-dir: done", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rate = summary.predicted / summary.seconds if summary.seconds else 0.0
+    for key, value in {"images": summary.total, "predicted now": f"{summary.predicted} ({rate:.1f} img/s)",
+                       "already in the CSV": summary.resumed, "unreadable": summary.failed, "csv": out}.items():
+        table.add_row(key, str(value))
+    out_console().print(table)
+    if summary.failed:  # a warning, so stderr: stdout keeps the summary alone
+        console.print(f"{summary.failed} file(s) could not be read: see the error column of {out} (exit code 1)",
+                      highlight=False, markup=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# CLI signatures (shared options defined once)
+# ------------------------------------------------------------------------------------------------------
+MODEL, INPUT, OUTPUT, RUN = "Model", "Input", "Output", "Run"
+CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A tl checkpoint folder (RUN/best) or its model.safetensors.", rich_help_panel=MODEL)]
+ArchOpt = Annotated[Optional[str], typer.Option(help="Instead of --checkpoint: an ImageNet classifier (`tl archs`), predicting the 1,000 ImageNet classes.", rich_help_panel=MODEL)]
+WeightsOpt = Annotated[str, typer.Option(help="With --arch: DEFAULT, a torchvision weights name, or PATH to a local ImageNet weights file.", rich_help_panel=MODEL)]
+CalibrationOpt = Annotated[bool, typer.Option(help="Apply the temperature stored in the checkpoint (calibrated probabilities).", rich_help_panel=MODEL)]
+TtaOpt = Annotated[bool, typer.Option(help="Average each prediction with that of the mirrored image.", rich_help_panel=MODEL)]
+LabelNamesOpt = Annotated[Optional[Path], typer.Option(help="JSON ({class: name}) or CSV (class,name) of display names.", rich_help_panel=OUTPUT)]
+PrecisionOpt = Annotated[Precision, typer.Option(help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.", rich_help_panel=RUN)]
+
+
+def predict_dir_command(
+    images: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", rich_help_panel=INPUT)],
+    out: Annotated[Path, typer.Option(help="CSV to write: path, label, confidence, p_<class>..., error.", rich_help_panel=OUTPUT)],
+    checkpoint: CheckpointOpt = None,
+    arch: ArchOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    top_k: Annotated[Optional[int], typer.Option(help="Write the K best label/probability pairs instead of one column per class (0: every class; default: every class up to 20, else 5).", rich_help_panel=OUTPUT)] = None,
+    label_names: LabelNamesOpt = None,
+    resume: Annotated[bool, typer.Option(help="Keep the rows already in --out and predict only the missing files.", rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.", rich_help_panel=OUTPUT)] = False,
+    tta: TtaOpt = False,
+    calibration: CalibrationOpt = True,
+    batch_size: Annotated[int, typer.Option(help=f"Images per forward pass per process; 0: {CPU_BATCH} on the CPU, {GPU_BATCH} on a GPU.", rich_help_panel=RUN)] = 0,
+    num_workers: Annotated[int, typer.Option(help="DataLoader workers per process; -1: automatic (on the CPU: decoding threads that take turns with the model; on a GPU: worker processes).", rich_help_panel=RUN)] = -1,
+    precision: PrecisionOpt = Precision.auto,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: pays off on large folders (compiling takes ~30 s on a small CPU).", rich_help_panel=RUN)] = False,
+) -> None:
+    """Predict every image in a folder into a CSV, streaming (exit 0: all read; 1: some unreadable; 2: bad input).
+
+    Examples:
+
+      tl predict-dir photos/ --checkpoint runs/r18/best --out preds.csv
+
+      tl predict-dir photos/ --arch squeezenet1_0 --weights squeezenet.safetensors --out imagenet.csv
+
+      accelerate launch -m tl.predict_dir photos/ --checkpoint runs/r18/best --out preds.csv
+    """
+    if batch_size < 0:
+        raise TLError("--batch-size: must be at least 1 (or 0 for the automatic size)")
+    if top_k is not None and top_k < 0:
+        raise TLError("--top-k: must be >= 0", "0 writes one column per class")
+    check_folder(images)
+    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
+    summary = predict_dir(predictor, images, out, batch_size=batch_size, num_workers=num_workers, top_k=top_k, tta=tta,
+                          precision=precision, resume=resume, overwrite=overwrite, compile=compile)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files.", rich_help_panel=INPUT)],
+    checkpoint: CheckpointOpt = None,
+    arch: ArchOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    top_k: Annotated[int, typer.Option(help="Classes shown per image.", rich_help_panel=OUTPUT)] = 5,
+    label_names: LabelNamesOpt = None,
+    tta: TtaOpt = False,
+    calibration: CalibrationOpt = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of tables, one object per file: path, top (label, probability), error (null, or why it could not be read).", rich_help_panel=OUTPUT)] = False,
+) -> None:
+    """Show the top classes of a few images (exit 1 when one could not be read).
+
+    Examples:
+
+      tl predict cat.jpg dog.png --checkpoint runs/r18/best
+
+      tl predict *.jpg --checkpoint runs/r18/best --json > predictions.json
+    """
+    import torch
+    from rich.table import Table
+
+    from tl.data.decode import read_image
+    from tl.progress import console, out_console
+
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise TLError(f"no such file: {', '.join(missing[:3])}", "pass image files; for a folder use `tl predict-dir`")
+    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
+    transform, answers, out = predictor.transform(), [], out_console()
+    for path in images:
+        try:
+            image = transform(read_image(path))
+        except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
+            reason = exc.message if isinstance(exc, TLError) else f"cannot use image {path}: {type(exc).__name__}: {exc}"
+            console.print(f"{path}: {reason}", style="red", highlight=False, markup=False, soft_wrap=True)  # stderr, also with --json
+            answers.append({"path": str(path), "top": [], "error": reason})
+            continue
+        with torch.inference_mode():
+            probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
+        values, indices = probs.topk(min(top_k, len(probs)))
+        top = [{"label": predictor.class_names[i], "probability": v} for v, i in zip(values.tolist(), indices.tolist())]
+        answers.append({"path": str(path), "top": top, "error": None})
+        if as_json:
+            continue
+        out.print(str(path), style="bold")
+        table = Table()
+        table.add_column("#", justify="right")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for rank, entry in enumerate(top, start=1):
+            table.add_row(str(rank), entry["label"], f"{entry['probability']:.4f}")
+        out.print(table)
+    if as_json:
+        print(json.dumps(answers, indent=2))
+    if any(answer["error"] for answer in answers):
+        raise typer.Exit(1)

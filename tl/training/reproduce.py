@@ -1,0 +1,35 @@
+"""``tl reproduce RUN``: run a training again from the config.json it wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tl.errors import TLError
+
+
+def command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (it holds config.json).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where the new run goes; default RUN/reproduce.")] = None,
+) -> None:
+    """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
+    from tl.config import TrainConfig
+    from tl.data.splits import MANIFEST
+    from tl.training.run import run
+
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise TLError(f"no config.json in {run_dir}", "pass the --out folder of a tl train run")
+    record = json.loads(config_file.read_text())
+    cfg = TrainConfig.from_dict(record["config"])
+    cfg.run.out = str(out or run_dir / "reproduce")
+    cfg.run.resume, cfg.run.overwrite = None, False
+    manifest = run_dir / MANIFEST
+    if manifest.is_file():  # the same train/val/test split, not a new one
+        Path(cfg.run.out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(manifest, Path(cfg.run.out) / MANIFEST)
+    run(cfg, expect_fingerprint=record.get("data_fingerprint"))

@@ -1,0 +1,99 @@
+"""Training's accelerate set-up: the run's accelerator, its loaders, trackers, and (re-)preparing model and optimizer.
+
+Model: accelerate's ``examples/complete_cv_example.py``. No rank arithmetic by hand: accelerate shards the
+loaders and wraps the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tl.config import TrainConfig
+from tl.data.datasets import DatasetBundle
+from tl.errors import TLError
+from tl.runtime import build_accelerator, num_workers
+from tl.training.optim import build_optimizer
+from tl.training.strategies import Phase, apply_phase, parameter_groups
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The training run's accelerator: precision, accumulation, seeded sampling, trackers."""
+    if cfg.run.log_with:
+        check_tracker(cfg.run.log_with)
+    return build_accelerator(
+        mixed_precision=cfg.run.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        # data_seed: every process draws the same permutation (and so a disjoint shard of it) whatever the
+        # global RNG says; accelerate otherwise seeds from torch.initial_seed(), equal on all ranks only after set_seed
+        # non_blocking: copies of pinned batches to the GPU overlap the step before instead of waiting for it
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed, non_blocking=True),
+        log_with=cfg.run.log_with,
+        project_dir=cfg.run.out,
+    )
+
+
+def check_tracker(name: str) -> None:
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}[name]()
+    if not available:
+        raise TLError(f"--log-with {name}: the {name} package is not installed", f"pip install {name}")
+
+
+def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    if not cfg.run.log_with:
+        return
+    flat: dict[str, Any] = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    accelerator.init_trackers("tl", config=flat)
+
+
+def loaders(data: DatasetBundle, cfg: TrainConfig, accelerator: Accelerator) -> tuple[DataLoader, DataLoader]:
+    workers = num_workers(cfg.data.num_workers, accelerator.num_processes)
+    # Loaders draw their worker seeds from generators of their own: starting an iterator then leaves the
+    # global RNG (augmentation, dropout) untouched, so a run resumed mid-epoch continues the same stream.
+    common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                                  pin_memory=accelerator.device.type == "cuda")
+    seeded = lambda offset: torch.Generator().manual_seed(cfg.run.seed + offset)
+    # Full batches only in training: a batch of one breaks BatchNorm (the head's feature norm included).
+    drop_last = len(data.train) >= cfg.data.batch_size * accelerator.num_processes
+    train = DataLoader(data.train, shuffle=True, drop_last=drop_last, generator=seeded(1), **common)
+    val = DataLoader(data.val, shuffle=False, generator=seeded(2), **common)
+    return train, val
+
+
+def prepare_phase(
+    accelerator: Accelerator,
+    model: nn.Module,
+    phase: Phase,
+    cfg: TrainConfig,
+    backbone_lr_mult: float,
+    old_optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Freeze per ``phase``, build the optimizer over the trainable parameters, and prepare both.
+
+    Called again when ``gradual`` unfreezes: DDP only syncs parameters that required grad when it was
+    built, so the model is unwrapped and wrapped anew. Parameters that trained before keep their state.
+    """
+    if old_optimizer is not None:
+        model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        old_state = getattr(old_optimizer, "optimizer", old_optimizer).state
+        accelerator.free_memory()  # drops accelerate's references to the old wrappers
+    apply_phase(model, phase)
+    groups = parameter_groups(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, backbone_lr_mult=backbone_lr_mult)
+    optimizer = build_optimizer(groups, cfg.optim)
+    if old_optimizer is not None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param in old_state:
+                    optimizer.state[param] = old_state[param]
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer
