@@ -281,7 +281,9 @@ def command(
 
     Exit status: 0 clean, 1 problems found (unreadable files, duplicates, classes without training images), 2 bad flags or data that cannot be opened.
 
-    Example: tl check-data --dataset imagefolder --data-dir data/hymenoptera
+    Example:
+
+      tl check-data --dataset imagefolder --data-dir data/hymenoptera
     """
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,

@@ -58,7 +58,9 @@ def command(
 ) -> None:
     """Per-channel mean/std of the training split, printed as `--mean R,G,B --std R,G,B` for tl train.
 
-    Example: tl train ... $(tl stats --dataset imagefolder --data-dir data/xray)
+    Example:
+
+      tl train ... $(tl stats --dataset imagefolder --data-dir data/xray)
     """
     from tl.data.transforms import eval_transform
     from tl.progress import console

@@ -126,7 +126,9 @@ def command(
 ) -> None:
     """Sweep the learning rate over a short run, plot the loss against it (lr.png) and suggest a --lr.
 
-    Example: tl lr-find --dataset imagefolder --data-dir data/hymenoptera --arch resnet18 --weights DEFAULT
+    Example:
+
+      tl lr-find --dataset imagefolder --data-dir data/hymenoptera --arch resnet18 --weights DEFAULT
     """
     import torch
     from torch.utils.data import DataLoader
