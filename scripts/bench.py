@@ -175,6 +175,26 @@ def _epoch_rate(dataset, batch_size: int, workers: int, epochs: int, finish=None
     return count / (time.perf_counter() - start)
 
 
+def _prepared_train(args: argparse.Namespace, images: Path, size: int):
+    """(tl's training dataset over ``--prepared``, or over shards ``tl prepare`` writes from ``images`` now; the
+    seconds that took, 0 when given). Short side: the eval resize of ``size`` (256 for 224), as the README says."""
+    from tl.config import DataConfig
+    from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.prepare import prepare
+    from tl.data.transforms import eval_transform, train_pixels
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
+
+    prepared, seconds = args.prepared, 0.0
+    if prepared is None:
+        prepared = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "prepared"
+        start = time.perf_counter()
+        prepare(DataConfig(dataset="imagefolder", data_dir=str(images)), prepared, short_side=round(size / 0.875))
+        seconds = time.perf_counter() - start
+    tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    data = build_datasets(DataConfig(dataset=f"hf:{prepared}"), seed=0, train_tf=train_pixels(size=size), eval_tf=eval_transform(**tf))
+    return EpochSeeded(data.train, 0), seconds
+
+
 def bench_loader(args: argparse.Namespace) -> dict:
     import torch
     from torchvision import datasets as tv_datasets
@@ -206,15 +226,18 @@ def bench_loader(args: argparse.Namespace) -> dict:
     cached_bytes = preload([cached_data.train], auto_budget())  # what tl train does by default (--cache-images auto)
     cache_seconds = time.perf_counter() - start
     cached = EpochSeeded(cached_data.train, 0)
+    prepared, prepare_seconds = _prepared_train(args, images, size)
     workers = args.num_workers if args.num_workers >= 0 else min(8, os.cpu_count() or 1)
     base, stream, cache = "ImageFolder + PIL transforms", "tl, streamed (--cache-images off)", "tl, decoded cache (default)"
-    runs: dict[str, list[float]] = {base: [], stream: []} | ({cache: []} if cached_bytes else {})
+    prep = "tl, prepared Arrow shards (tl prepare)"
+    runs: dict[str, list[float]] = {base: [], stream: []} | ({cache: []} if cached_bytes else {}) | {prep: []}
     load_before = os.getloadavg()
     for _ in range(args.repeats):
         runs[base].append(_epoch_rate(baseline, args.batch_size, workers, args.epochs))
         runs[stream].append(_epoch_rate(streamed, args.batch_size, workers, args.epochs, normalize))
         if cached_bytes:
             runs[cache].append(_epoch_rate(cached, args.batch_size, workers, args.epochs, normalize))
+        runs[prep].append(_epoch_rate(prepared, args.batch_size, workers, args.epochs, normalize))
     candidate = cache if cached_bytes else stream
     medians, ratio = report_runs(f"loader: {len(streamed)} images at {size} px, {workers} workers, batch {args.batch_size}, "
                                  f"{args.epochs} epochs after a warm-up", runs, baseline=base, candidate=candidate)
@@ -222,7 +245,12 @@ def bench_loader(args: argparse.Namespace) -> dict:
     print(f"streamed/baseline {streamed_ratio:.2f}x; decoded cache: {cached_bytes / 2**20:.0f} MiB built once in {cache_seconds:.2f} s "
           f"(= {len(streamed) / cache_seconds:.0f} img/s, paid in the first epoch only)" if cached_bytes else
           "decoded cache not used: the images exceed its budget")
-    return {"bench": "loader", "images": str(images), "count": len(streamed), "size": size, "batch_size": args.batch_size,
+    print(f"prepared/baseline {medians[prep] / medians[base]:.2f}x (tl prepare took {prepare_seconds:.1f} s, once)"
+          if prepare_seconds else f"prepared/baseline {medians[prep] / medians[base]:.2f}x ({args.prepared})")
+    return {"bench": "loader", "tutorial": {"images_per_s": medians[base]}, "tl_streamed": {"images_per_s": medians[stream]},
+            "tl_prepared": {"images_per_s": medians[prep], "path": str(args.prepared or "(made by this run)"),
+                            "prepare_seconds": prepare_seconds},
+            "images": str(images), "count": len(streamed), "size": size, "batch_size": args.batch_size,
             "num_workers": workers, "repeats": args.repeats, "epochs": args.epochs, "runs": runs, "median_images_per_s": medians,
             "ratio": ratio, "streamed_ratio": streamed_ratio, "cache_mib": cached_bytes / 2**20, "cache_build_seconds": cache_seconds,
             "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
@@ -416,6 +444,121 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--json", type=Path, default=Path("runs/bench/train.json"), help="where the results go")
 
 
+def _train_steps(model, batches, steps: int, *, device, dtype, channels_last: bool, normalize, optimizer) -> float:
+    """Images/s over ``steps`` training steps after 2 warm-up steps; ``batches`` yields (uint8 images, labels) or
+    (float images, labels). One device sync at the end of each phase, none inside (as tl's loop)."""
+    import torch
+    import torch.nn.functional as F
+
+    loss_fn = F.cross_entropy
+    count, start = 0, None
+    for step, (images, labels) in enumerate(batches):
+        if step == 2:
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            start, count = time.perf_counter(), 0
+        if step == steps + 2:
+            break
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = normalize(images) if normalize else images
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        count += images.shape[0]
+    torch.cuda.synchronize() if device.type == "cuda" else None
+    return count / (time.perf_counter() - start) if start else 0.0
+
+
+def bench_gpu(args: argparse.Namespace) -> dict:
+    """(a) training on images already on the device, (b) the same through tl's input pipeline from prepared shards,
+    (c) a torchvision-reference-style loop (ImageFolder + PIL transforms, fp32, NCHW), (d) predict-dir, (e) an
+    all-reduce through accelerate. Without a GPU: a tiny model and sizes, so the script is checked end to end."""
+    import itertools
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from torch.utils.data import DataLoader
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    from tl.data.transforms import BatchNormalize
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    arch, size, batch, steps = (args.arch, args.size, args.batch_size, args.steps) if on_gpu else ("resnet18", 32, 4, 2)
+    logging.getLogger("tl").disabled = True
+    images = args.images or _train_images(argparse.Namespace(images=None, per_class=max(4, batch)))
+    workers = args.num_workers if args.num_workers >= 0 else min(8, os.cpu_count() or 1)
+    prepared, prepare_seconds = _prepared_train(args, images, size)
+    normalize = BatchNormalize(IMAGENET_MEAN, IMAGENET_STD)
+    dtype = torch.bfloat16 if (not on_gpu or torch.cuda.is_bf16_supported()) else torch.float16
+
+    def model_and_optimizer(fast: bool):
+        model, _ = build_model(arch, 2, image_size=size)
+        model = model.to(device).to(memory_format=torch.channels_last if fast else torch.contiguous_format).train()
+        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def loader(dataset):
+        cycle = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=on_gpu,
+                           persistent_workers=workers > 0)
+        return (b[:2] for b in itertools.chain.from_iterable(itertools.repeat(cycle)))
+
+    results: dict[str, dict] = {}
+    resident = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    model, opt = model_and_optimizer(True)
+    results["train_on_device"] = {"images_per_s": _train_steps(model, itertools.repeat((resident, labels)), steps, device=device,
+                                                               dtype=dtype, channels_last=True, normalize=normalize, optimizer=opt)}
+    model, opt = model_and_optimizer(True)
+    results["train_tl_pipeline"] = {"images_per_s": _train_steps(model, loader(prepared), steps, device=device, dtype=dtype,
+                                                                 channels_last=True, normalize=normalize, optimizer=opt)}
+    reference = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([
+        T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    model, opt = model_and_optimizer(False)
+    results["train_reference_loop"] = {"images_per_s": _train_steps(model, loader(reference), steps, device=device, dtype=None,
+                                                                    channels_last=False, normalize=None, optimizer=opt)}
+    scratch = Path(tempfile.mkdtemp(prefix="tl-bench-"))
+    predict_args = argparse.Namespace(batch_size=0 if on_gpu else batch, num_workers=workers, precision="auto")
+    results["predict_dir"] = {"images_per_s": batched(quick_checkpoint(scratch, arch, size), images / "train", scratch / "p.csv", predict_args)}
+    results["all_reduce"] = _all_reduce(device, numel=25_557_032 if on_gpu else 1 << 16)  # resnet50's parameter count
+    note = "" if on_gpu else "no GPU: tiny model (resnet18, 32 px, batch 4, 2 steps): GPU figures need a GPU"
+    table = Table(title=f"gpu: {arch} at {size} px, batch {batch}, {steps} steps, {device} ({torch.__version__})", title_justify="left")
+    for column in ("what", "figure"):
+        table.add_column(column)
+    for name, result in results.items():
+        figure = f"{result['gb_per_s']:.2f} GB/s ({result['seconds'] * 1e3:.2f} ms)" if "gb_per_s" in result else f"{result['images_per_s']:.1f} images/s"
+        table.add_row(name, figure)
+    Console().print(table)
+    if note:
+        print(note)
+    return {"bench": "gpu", "device": torch.cuda.get_device_name() if on_gpu else "cpu", "arch": arch, "size": size, "batch_size": batch,
+            "steps": steps, "precision": str(dtype).replace("torch.", ""), "num_workers": workers, "note": note,
+            "prepare_seconds": prepare_seconds, **results}
+
+
+def _all_reduce(device, numel: int) -> dict:
+    """One all-reduce (sum) of ``numel`` float32 through accelerate's ``reduce`` in this process (one-process group:
+    the cost of the call path, not of a network), median of 5 after a warm-up."""
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    tensor = torch.ones(numel, device=accelerator.device)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        accelerator.reduce(tensor, reduction="sum")
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[1:])
+    return {"seconds": seconds, "gb_per_s": numel * 4 / seconds / 1e9, "numel": numel, "processes": accelerator.num_processes}
+
+
 def bench_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Every bench with its defaults (quick, generated data), one after the other."""
     results = {}
@@ -439,6 +582,7 @@ def main() -> None:
     predict.add_argument("--json", type=Path, default=Path("runs/bench/predict.json"), help="where the results go")
     loader = sub.add_parser("loader", help="tl's training input pipeline vs ImageFolder + PIL transforms (images/s)")
     loader.add_argument("--images", type=Path, help="a folder with train/<class>/ (default: 96 generated 400x300 JPEGs)")
+    loader.add_argument("--prepared", type=Path, help="tl prepare's output for --images (default: written now, timed)")
     loader.add_argument("--size", type=int, default=224)
     loader.add_argument("--repeats", type=int, default=3)
     loader.add_argument("--batch-size", type=int, default=32)
@@ -446,6 +590,15 @@ def main() -> None:
     loader.add_argument("--num-workers", type=int, default=-1)
     loader.add_argument("--json", type=Path, default=Path("runs/bench/loader.json"), help="where the results go")
     add_train_arguments(sub.add_parser("train", help="tl train vs the tutorials' training loop (images/s)"))
+    gpu = sub.add_parser("gpu", help="training, input pipeline, predict-dir and all-reduce on a GPU (tiny on a CPU)")
+    gpu.add_argument("--images", type=Path, help="a folder with train/<class>/ (default: generated 400x300 JPEGs)")
+    gpu.add_argument("--prepared", type=Path, help="tl prepare's output for --images (default: written now)")
+    gpu.add_argument("--arch", default="resnet50")
+    gpu.add_argument("--size", type=int, default=224)
+    gpu.add_argument("--batch-size", type=int, default=256)
+    gpu.add_argument("--steps", type=int, default=20, help="timed steps per training figure, after 2 warm-up steps")
+    gpu.add_argument("--num-workers", type=int, default=-1)
+    gpu.add_argument("--json", type=Path, default=Path("runs/bench/gpu.json"), help="where the results go")
     every = sub.add_parser("all", help="loader, predict and train with their defaults")
     every.add_argument("--repeats", type=int, default=3)
     every.add_argument("--json", type=Path, default=Path("runs/bench/all.json"), help="where the results go")
@@ -453,7 +606,7 @@ def main() -> None:
     if args.bench == "all":
         result = bench_all(args, parser)
     else:
-        result = {"predict": bench_predict, "loader": bench_loader, "train": bench_train}[args.bench](args)
+        result = {"predict": bench_predict, "loader": bench_loader, "train": bench_train, "gpu": bench_gpu}[args.bench](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.json}", file=sys.stderr)

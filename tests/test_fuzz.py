@@ -134,10 +134,10 @@ CRASHING_DECODER = textwrap.dedent("""
 
     _real = tl.data.decode.read_image
 
-    def read_image(path):
+    def read_image(path, *args, **kwargs):
         if "CRASHME" in str(path):
             os.kill(os.getpid(), signal.SIGSEGV)
-        return _real(path)
+        return _real(path, *args, **kwargs)
 
     tl.data.decode.read_image = read_image
 """)

@@ -155,10 +155,10 @@ def test_two_machines_on_loopback_train_one_model_equal_to_one_process_with_the_
     launchers = [subprocess.Popen(
         [accelerate, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
          "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--rdzv_backend", "static", "--same_network",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tl.train", *args, "--batch-size", "4",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tl.train", *args, "--mixed-precision", "no", "--batch-size", "4",
          "--out", str(tmp_path / "two")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in (0, 1)]
-    # fp32 like the launchers' --mixed_precision no (the default, auto, would pick bf16 on a CPU with AVX512-BF16)
+    # fp32 on both sides: tl's default, auto, would pick bf16 on a CPU with AVX512-BF16, whatever the launcher says
     one = cli("train", *args, "--mixed-precision", "no", "--batch-size", "8", "--out", tmp_path / "one")  # runs while the launchers import
     outputs = [p.communicate(timeout=300)[0] for p in launchers]
     assert one.exit_code == 0, one.output

@@ -39,11 +39,20 @@ def auto_precision(on_gpu: bool) -> str:
 
 
 def resolve_precision(requested: str | None, on_gpu: bool) -> str | None:
-    """The precision to build the accelerator with. ``auto`` follows ``accelerate launch`` when it set one,
-    else the device (``auto_precision``). fp16 autocast on the CPU silently computes in float32: map it to bf16."""
+    """The precision to build the accelerator with. ``auto`` follows ``accelerate launch`` when it chose a mixed
+    precision, else the device (``auto_precision``). fp16 autocast on the CPU silently computes in float32: map
+    it to bf16.
+
+    ``accelerate launch`` always sets ACCELERATE_MIXED_PRECISION, to ``no`` when neither its flag nor a config
+    file chose one, and a typed ``--mixed_precision no`` looks the same: without this rule every launched GPU
+    run without the flag trained in fp32. So a launcher's ``no`` counts as not chosen under ``auto``, and fp32
+    is forced with tl's own ``--mixed-precision no``."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if requested == "auto":
-        requested = launched or auto_precision(on_gpu)
+        requested = launched if launched and launched != "no" else auto_precision(on_gpu)
+        if launched == "no" and requested != "no":
+            log.info(f"mixed precision {requested} (--mixed-precision auto; the launcher's 'no' is its default): "
+                     "pass --mixed-precision no for fp32")
     effective = requested or launched
     if effective == "fp16" and not on_gpu:
         log.warning("mixed precision fp16 does nothing on the CPU; using bf16 instead")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from tl.config import DataConfig
 from tl.data.decode import read_image
-from tl.data.splits import cache_file_list, cached_file_list, split_with_manifest, stratified_split
+from tl.data.splits import cache_file_list, cached_file_list, current_sizes, folder_times, split_with_manifest, stratified_split
 from tl.data.synthetic import SyntheticShapes
 from tl.errors import TLError
 
@@ -68,6 +68,13 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def min_short_side(self) -> int | None:
+        """The short side ``transform`` needs: large JPEGs are decoded at a reduced size down to it (decode.py)."""
+        from tl.data.transforms import decode_short_side  # torchvision's transforms: not at import time
+
+        return decode_short_side(self.transform)
+
     def __getitem__(self, index: int):
         """(image, label, readable). An unreadable file becomes a black stand-in marked unreadable, so batches
         keep their shape on every process (a rank skipping a step would hang the others) and the loss and
@@ -75,7 +82,7 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         cached = self.decoded[index] if self.decoded is not None else None
         try:
-            image, readable = (cached if cached is not None else read_image(path)), True
+            image, readable = (cached if cached is not None else read_image(path, self.min_short_side)), True
         except TLError as error:
             log.warning(f"skipping unreadable image: {error.message}")
             image, readable = Image.new("RGB", (8, 8)), False
@@ -142,20 +149,33 @@ def _samples(root: Path, classes: list[str], sizes: dict[Path, int]) -> list[tup
     return _class_samples(root, classes, sizes)
 
 
-def _from_file_list(manifest: Path | None, root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]] | None:
-    """Class names and each split's samples from the file list cached in a run's manifest; None without one."""
+def _from_file_list(manifest: Path | None, root: Path,
+                    sizes: dict[Path, int]) -> tuple[list[str], dict[str, list[tuple[Path, int]]]] | None:
+    """Class names and each split's samples from the file list cached in a run's manifest; None without one.
+    The recorded sizes go into ``sizes`` when the list still looks current (``splits.current_sizes``), so the
+    fingerprint needs no stat per file; otherwise every file is stat'ed, as before."""
     cached = cached_file_list(manifest)
     if cached is None:
         return None
-    classes, keyed = cached
-    return classes, {name: [(root / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+    classes, keyed, facts = cached
+    parts = {name: [(root / key, label) for key, label in pairs] for name, pairs in keyed.items()}
+    recorded = current_sizes(root, keyed, facts)
+    if recorded is not None:
+        sizes.update({path: size for name, samples in parts.items() for (path, _), size in zip(samples, recorded[name])})
+    return classes, parts
 
 
-def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts: dict[str, list[tuple[Path, int]]]) -> None:
-    """Cache the file list in the run's manifest, so resume, `tl eval` and `tl reproduce` need no walk."""
-    if manifest is not None:
-        cache_file_list(manifest, classes, {name: [(relative_key(p, root), l) for p, l in samples]
-                                            for name, samples in parts.items() if samples})
+def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts: dict[str, list[tuple[Path, int]]],
+                    sizes: dict[Path, int]) -> None:
+    """Cache the file list in the run's manifest, so resume, `tl eval` and `tl reproduce` need no walk, with the
+    files' sizes and their folders' mtimes, so that they need no stat per file either."""
+    if manifest is None:
+        return
+    keyed = {name: [(relative_key(p, root), l) for p, l in samples] for name, samples in parts.items() if samples}
+    known = all(p in sizes for samples in parts.values() for p, _ in samples)
+    cache_file_list(manifest, classes, keyed,
+                    {name: [sizes[p] for p, _ in parts[name]] for name in keyed} if known else None,
+                    folder_times(root, keyed) if known else None)
 
 
 def check_every_class(classes: list[str], splits: dict[str, list[tuple[Path, int]]]) -> None:
@@ -176,8 +196,8 @@ def relative_key(path: Path, root: Path) -> str:
 
 
 def _fingerprint(samples: list[tuple[Path, int]], root: Path, sizes: dict[Path, int]) -> str:
-    """A hash of (relative path, label, size) of every file; files the scan did not size (a cached list) are
-    looked at now, so a file that is gone since the list was made is one clear error."""
+    """A hash of (relative path, label, size) of every file; files neither the scan nor a current cached list
+    sized are looked at now, so a file that is gone since the list was made is one clear error."""
     digest = hashlib.sha256()
     gone = []
     for path, label in samples:
@@ -200,7 +220,7 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     if not root.is_dir():
         raise TLError(f"--data-dir: {root} is not a folder", "pass the folder that holds train/ and val/ (or one folder per class)")
     sizes: dict[Path, int] = {}
-    cached = _from_file_list(manifest, root)
+    cached = _from_file_list(manifest, root, sizes)
     if cached is not None:  # the run's own file list: no walk over the folder on resume, `tl eval`, `tl reproduce`
         classes, parts = cached
         if "test" not in parts and (root / "train").is_dir() and (root / "test").is_dir():  # test/ added after training
@@ -218,7 +238,7 @@ def _imagefolder(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     check_every_class(classes, {"train": train_samples, "val": val_samples})
     fingerprint = _fingerprint(train_samples + val_samples + (test_samples or []), root, sizes)
     if cached is None:
-        _keep_file_list(manifest, root, classes, parts)
+        _keep_file_list(manifest, root, classes, parts, sizes)
     return DatasetBundle(
         ImageFiles(train_samples, classes, train_tf),
         ImageFiles(val_samples, classes, eval_tf),
@@ -309,7 +329,7 @@ def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callabl
 
     folder = caltech_root(Path(cfg.data_dir or "data"), download=cfg.download)
     sizes: dict[Path, int] = {}
-    cached = _from_file_list(manifest, folder)
+    cached = _from_file_list(manifest, folder, sizes)
     if cached is not None:  # the run's own file list and split (see _imagefolder)
         classes, parts = cached
     else:
@@ -324,7 +344,7 @@ def _caltech101(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callabl
     everything = sorted((s for samples in parts.values() for s in samples), key=lambda s: (s[1], s[0]))  # class, then path
     fingerprint = _fingerprint(everything, folder, sizes)
     if cached is None:
-        _keep_file_list(manifest, folder, classes, parts)
+        _keep_file_list(manifest, folder, classes, parts, sizes)
     pick = lambda name, tf: ImageFiles(parts[name], classes, tf)
     return DatasetBundle(pick("train", train_tf), pick("val", eval_tf), pick("test", eval_tf) if parts.get("test") else None,
                          classes, fingerprint)

@@ -44,13 +44,18 @@ def parse_budget(setting: str, local_processes: int = 1) -> int:
     return int(float(setting) * MiB)
 
 
-def decoded_size(paths: list[Path], budget: int) -> int | None:
+def decoded_size(paths: list[Path], budget: int, needs: list[int | None] | None = None) -> int | None:
     """Bytes the decoded RGB pixels of ``paths`` take, or None as soon as they cannot fit ``budget``.
 
-    File sizes first (pixels are never smaller than their compressed file), then the image headers. JPEG and
-    PNG are held as uint8 tensors (3 bytes a pixel); what PIL decodes is held as an RGB image (4 bytes)."""
+    File sizes first (pixels are never smaller than their compressed file; a JPEG decoded at a reduced size
+    can be, so this check only errs on the side of streaming), then the image headers. JPEG and PNG are held
+    as uint8 tensors (3 bytes a pixel); what PIL decodes is held as an RGB image (4 bytes). ``needs``: each
+    path's ``min_short_side`` (read_image's), which shrinks large JPEGs."""
     from PIL import Image
 
+    from tl.data.decode import jpeg_scale
+
+    needs = needs or [None] * len(paths)
     total = 0
     for path in paths:
         try:
@@ -60,13 +65,14 @@ def decoded_size(paths: list[Path], budget: int) -> int | None:
         if total > budget:
             return None
     total = 0
-    for path in paths:
+    for path, need in zip(paths, needs):
         try:
             with Image.open(path) as image:  # reads the header only
                 width, height = image.size
+                scale = jpeg_scale(width, height, need) if image.format == "JPEG" else 1
         except Exception:  # a bad file is reported when it is loaded
             continue
-        total += width * height * (3 if path.suffix.lower() in (".jpg", ".jpeg", ".png") else 4)
+        total += -(-width // scale) * -(-height // scale) * (3 if path.suffix.lower() in (".jpg", ".jpeg", ".png") else 4)
         if total > budget:
             return None
     return total
@@ -84,6 +90,7 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
 
     datasets = [d for d in datasets if d is not None and hasattr(d, "samples") and getattr(d, "decoded", None) is None]
     paths = [path for d in datasets for path, _ in d.samples]
+    needs = [getattr(d, "min_short_side", None) for d in datasets for _ in d.samples]
     if budget <= 0 or not paths:
         return 0
     # The start method loader workers will use, read without fixing it (get_all_start_methods lists the default first).
@@ -91,15 +98,15 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
     if method != "fork":  # spawned workers would each get a pickled copy
         log.info("images are streamed from disk: the decoded-image cache needs fork-started loader workers")
         return 0
-    size = decoded_size(paths, budget)
+    size = decoded_size(paths, budget, needs)
     if size is None:
         log.info(f"images are streamed from disk: their decoded pixels exceed the {budget / MiB:.0f} MiB cache budget "
                  "(--cache-images MiB to raise it)")
         return 0
 
-    def decode(path: Path):
+    def decode(path: Path, need: int | None):
         try:
-            return read_image(path)
+            return read_image(path, need)
         except (TLError, OSError, RuntimeError, ValueError):
             return None
 
@@ -108,7 +115,7 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
     workers = threads or cpus
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # the decoders release the GIL
         for dataset in datasets:
-            dataset.decoded = list(pool.map(decode, [path for path, _ in dataset.samples]))
+            dataset.decoded = list(pool.map(decode, [path for path, _ in dataset.samples], [dataset.min_short_side] * len(dataset)))
     log.info(f"decoded {len(paths)} images into memory ({size / MiB:.0f} MiB) in {time.perf_counter() - start:.1f} s; "
              "later epochs skip decoding (--cache-images off streams them instead)")
     return size

@@ -19,6 +19,7 @@ from pathlib import Path
 from tl.errors import TLError
 
 MANIFEST = "split.json"
+FINGERPRINT_SAMPLE = 64  # files of a cached list stat'ed to confirm its recorded sizes
 
 
 def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -70,24 +71,57 @@ def _write(manifest: Path, record: dict) -> None:
     tmp.replace(manifest)
 
 
-def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tuple[str, int]]]) -> None:
+def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tuple[str, int]]],
+                    sizes: dict[str, list[int]] | None = None, folders: dict[str, int] | None = None) -> None:
     """Record the class names and each split's (relative path, label) pairs in ``manifest`` (added to a split
-    already recorded there)."""
+    already recorded there), with each file's size and each folder's mtime (ns) when given: the data
+    fingerprint of a later build comes from them without a stat per file (see ``tl.data.datasets``)."""
     record = json.loads(manifest.read_text()) if manifest.is_file() else {}
     record["splits"] = {name: [key for key, _ in pairs] for name, pairs in parts.items()}
     record["files"] = {"classes": classes, "labels": {name: [label for _, label in pairs] for name, pairs in parts.items()}}
+    if sizes is not None and folders is not None:
+        record["files"] |= {"sizes": sizes, "folders": folders}
     try:
         _write(manifest, record)
     except OSError:  # a read-only run folder (`tl eval` on someone else's run): the cache is only a speed-up
         pass
 
 
-def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]]] | None:
-    """(class names, {split: [(relative path, label)]}) cached in ``manifest``; None when it has no file list."""
+def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]], dict | None] | None:
+    """(class names, {split: [(relative path, label)]}, facts) cached in ``manifest``; None when it has no file
+    list. ``facts``: {"sizes": {split: [bytes]}, "folders": {relative folder: mtime_ns}}, None in older manifests."""
     if manifest is None or not manifest.is_file():
         return None
     record = json.loads(manifest.read_text())
     files = record.get("files")
     if not files:
         return None
-    return files["classes"], {name: list(zip(keys, files["labels"][name])) for name, keys in record["splits"].items()}
+    facts = {"sizes": files["sizes"], "folders": files["folders"]} if "sizes" in files and "folders" in files else None
+    return files["classes"], {name: list(zip(keys, files["labels"][name])) for name, keys in record["splits"].items()}, facts
+
+
+def folder_times(root: Path, keyed: dict[str, list[tuple[str, int]]]) -> dict[str, int]:
+    """mtime (ns) of every folder that holds a listed file, by relative path; -1 for one that is gone."""
+    times = {}
+    for key in sorted({os.path.dirname(key) for pairs in keyed.values() for key, _ in pairs}):
+        try:
+            times[key] = os.stat(root / key).st_mtime_ns
+        except OSError:
+            times[key] = -1
+    return times
+
+
+def current_sizes(root: Path, keyed: dict[str, list[tuple[str, int]]], facts: dict | None) -> dict[str, list[int]] | None:
+    """The sizes recorded with a cached file list, when it still looks current: every folder holding a listed file
+    has the mtime it had (a file added, removed or renamed there changes it) and a seeded sample of
+    ``FINGERPRINT_SAMPLE`` files has the recorded sizes. None otherwise, or without records (older manifests)."""
+    if facts is None or set(facts["sizes"]) != set(keyed) or folder_times(root, keyed) != facts["folders"]:
+        return None
+    listed = [(key, size) for name, pairs in keyed.items() for (key, _), size in zip(pairs, facts["sizes"][name])]
+    for key, size in random.Random(0).sample(sorted(listed), min(FINGERPRINT_SAMPLE, len(listed))):
+        try:
+            if os.stat(root / key).st_size != size:
+                return None
+        except OSError:
+            return None
+    return facts["sizes"]

@@ -9,10 +9,31 @@ torchvision.io decode + the same crops at 1.13x.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torchvision.transforms import v2
+
+
+def decode_short_side(transform: Callable | None) -> int | None:
+    """The smallest short side an image may be decoded at and still give ``transform`` the pixels it would get
+    at full size (``tl.data.decode.read_image(path, min_short_side)``); None: decode at full size.
+
+    Read from the transform's first step, so a preset built elsewhere is understood too, and anything else
+    (a rotation first, a lambda, no Compose) decodes at full size. ``Resize(R)`` then a crop (evaluation): R.
+    ``RandomResizedCrop(S, scale=(a, .), ratio=(r0, r1))``: its crop covers at least a of the area, so its
+    short side is at least sqrt(a * min(r0, 1/r1)) of the image's (sqrt(area) >= the short side); the image
+    needs S / that, 517 px for 224 px crops from 25% of the area at ratios 3/4..4/3. The ratio term is the
+    margin the issue asks for: the smallest crop from a 4:3 photo has 15% more pixels a side than S."""
+    steps = getattr(transform, "transforms", None)
+    first = steps[0] if steps else None
+    if isinstance(first, v2.Resize) and first.max_size is None and len(first.size) == 1:
+        return int(first.size[0])
+    if isinstance(first, v2.RandomResizedCrop):
+        smallest = first.scale[0] * min(first.ratio[0], 1.0 / first.ratio[1])
+        return math.ceil(max(first.size) / math.sqrt(smallest)) if smallest > 0 else None
+    return None
 
 
 def _to_normalized_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[Callable]:
