@@ -14,6 +14,7 @@ import typer
 
 from tl.errors import TLError
 from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_folder, predict_dir
+from tl.inference.predictions_csv import check_unknown_label
 from tl.inference.predictor import Precision, autocast_dtype, load_predictor, probabilities
 
 
@@ -46,6 +47,8 @@ CalibrationOpt = Annotated[bool, typer.Option(help="Apply the temperature stored
 TtaOpt = Annotated[bool, typer.Option(help="Average each prediction with that of the mirrored image.", rich_help_panel=MODEL)]
 LabelNamesOpt = Annotated[Optional[Path], typer.Option(help="JSON ({class: name}) or CSV (class,name) of display names.", rich_help_panel=OUTPUT)]
 PrecisionOpt = Annotated[Precision, typer.Option(help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.", rich_help_panel=RUN)]
+MinConfidenceOpt = Annotated[float, typer.Option(help="Below this top (calibrated) probability the label is --unknown-label; probabilities are still given. `tl eval --target-accuracy A` prints the value that reaches accuracy A on a split.", rich_help_panel=OUTPUT)]
+UnknownLabelOpt = Annotated[str, typer.Option(help="The label of an image under --min-confidence.", rich_help_panel=OUTPUT)]
 
 
 def predict_dir_command(
@@ -64,6 +67,8 @@ def predict_dir_command(
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per process; -1: automatic (on the CPU: decoding threads that take turns with the model; on a GPU: worker processes).", rich_help_panel=RUN)] = -1,
     precision: PrecisionOpt = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: pays off on large folders (compiling takes ~30 s on a small CPU).", rich_help_panel=RUN)] = False,
+    min_confidence: MinConfidenceOpt = 0.0,
+    unknown_label: UnknownLabelOpt = "unknown",
 ) -> None:
     """Predict every image in a folder into a CSV, streaming (exit 0: all read; 1: some unreadable; 2: bad input).
 
@@ -82,7 +87,8 @@ def predict_dir_command(
     check_folder(images)
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
     summary = predict_dir(predictor, images, out, batch_size=batch_size, num_workers=num_workers, top_k=top_k, tta=tta,
-                          precision=precision, resume=resume, overwrite=overwrite, compile=compile)
+                          precision=precision, resume=resume, overwrite=overwrite, compile=compile,
+                          min_confidence=min_confidence, unknown_label=unknown_label)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -100,7 +106,9 @@ def predict_command(
     label_names: LabelNamesOpt = None,
     tta: TtaOpt = False,
     calibration: CalibrationOpt = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of tables, one object per file: path, top (label, probability), error (null, or why it could not be read).", rich_help_panel=OUTPUT)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of tables, one object per file: path, label, top (label, probability), error (null, or why it could not be read).", rich_help_panel=OUTPUT)] = False,
+    min_confidence: MinConfidenceOpt = 0.0,
+    unknown_label: UnknownLabelOpt = "unknown",
 ) -> None:
     """Show the top classes of a few images (exit 1 when one could not be read).
 
@@ -120,6 +128,7 @@ def predict_command(
     if missing:
         raise TLError(f"no such file: {', '.join(missing[:3])}", "pass image files; for a folder use `tl predict-dir`")
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
+    check_unknown_label(min_confidence, unknown_label, predictor.class_names)
     transform, answers, out = predictor.transform(), [], out_console()
     for path in images:
         try:
@@ -127,16 +136,18 @@ def predict_command(
         except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
             reason = exc.message if isinstance(exc, TLError) else f"cannot use image {path}: {type(exc).__name__}: {exc}"
             console.print(f"{path}: {reason}", style="red", highlight=False, markup=False, soft_wrap=True)  # stderr, also with --json
-            answers.append({"path": str(path), "top": [], "error": reason})
+            answers.append({"path": str(path), "label": None, "top": [], "error": reason})
             continue
         with torch.inference_mode():
             probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
         values, indices = probs.topk(min(top_k, len(probs)))
         top = [{"label": predictor.class_names[i], "probability": v} for v, i in zip(values.tolist(), indices.tolist())]
-        answers.append({"path": str(path), "top": top, "error": None})
+        unsure = top[0]["probability"] < min_confidence
+        answers.append({"path": str(path), "label": unknown_label if unsure else top[0]["label"], "top": top, "error": None})
         if as_json:
             continue
-        out.print(str(path), style="bold")
+        out.print(f"{path}: {unknown_label} (top probability under --min-confidence {min_confidence:g})" if unsure else str(path),
+                  style="bold", highlight=False, markup=False)
         table = Table()
         table.add_column("#", justify="right")
         table.add_column("class")

@@ -1,4 +1,5 @@
-"""``tl eval``: top-1/top-5, balanced accuracy, per-class precision/recall/F1, confusions and calibration of a run.
+"""``tl eval``: top-1/top-5, balanced accuracy, per-class precision/recall/F1, confusions, calibration and
+risk-coverage (top-1 on the images a confidence threshold keeps) of a run.
 
 The split is rebuilt from the run's ``config.json`` exactly as training built it, with the checkpoint's
 evaluation preprocessing, so the numbers are those of the data the run was validated (or tested) on.
@@ -57,6 +58,38 @@ def classification_metrics(logits: "torch.Tensor", labels: "torch.Tensor", class
     }
 
 
+RISK_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def risk_coverage(confidence: "torch.Tensor", correct: "torch.Tensor", thresholds=RISK_THRESHOLDS) -> list[dict[str, Any]]:
+    """Per threshold: the images whose top probability reaches it (what `--min-confidence` keeps) and top-1 on them."""
+    rows = []
+    for threshold in thresholds:
+        kept = confidence.double() >= threshold  # as predict-dir compares: in double, so float32's 0.7 (0.69999998) is below 0.7
+        count = int(kept.sum())
+        rows.append({"threshold": threshold, "kept": count, "coverage": count / max(len(confidence), 1),
+                     "accuracy": float(correct[kept].float().mean()) if count else None})
+    return rows
+
+
+def threshold_for(confidence: "torch.Tensor", correct: "torch.Tensor", target: float) -> dict[str, Any]:
+    """The lowest --min-confidence (0, or a 4-decimal value) whose kept images reach ``target`` top-1 on this split;
+    threshold None when none does."""
+    import torch
+
+    order = confidence.argsort()
+    ascending, hits = confidence[order], correct[order].double()
+    kept_hits = hits.flip(0).cumsum(0).flip(0)  # correct among the images from position i up
+    candidates = torch.cat([torch.zeros(1, dtype=torch.float64), (ascending.double() * 10_000).floor().unique() / 10_000])
+    for threshold in candidates.tolist():
+        first = int(torch.searchsorted(ascending.double(), torch.tensor(threshold, dtype=torch.float64)))
+        kept = len(ascending) - first
+        if kept and float(kept_hits[first]) / kept >= target:
+            return {"target": target, "threshold": threshold, "kept": kept, "coverage": kept / len(ascending),
+                    "accuracy": float(kept_hits[first]) / kept}
+    return {"target": target, "threshold": None}
+
+
 def _run_dir(checkpoint: Path) -> Path:
     """RUN for RUN, RUN/best or RUN/best/model.safetensors."""
     folder = checkpoint.parent if checkpoint.is_file() else checkpoint
@@ -79,6 +112,15 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], class_names: lis
 
 def load_split(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | None = None):
     """(dataset, checkpoint meta): the run's split rebuilt from its config.json with the checkpoint's eval preprocessing."""
+    data, meta = load_data(checkpoint, data_dir=data_dir)
+    dataset = data.test if split == Split.test else data.val
+    if dataset is None:
+        raise TLError("this run's data have no test split", "add DIR/test/<class>/ folders, or use --split val")
+    return dataset, meta
+
+
+def load_data(checkpoint: Path, *, data_dir: Path | None = None):
+    """(DatasetBundle, checkpoint meta): every split of the run's data, train included, with eval preprocessing."""
     from tl.config import TrainConfig
     from tl.data.datasets import build_datasets
     from tl.data.transforms import eval_transform
@@ -97,14 +139,12 @@ def load_split(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | N
     if list(data.class_names) != list(meta["class_names"]):
         raise TLError(f"the data's classes {data.class_names[:4]} differ from the checkpoint's {meta['class_names'][:4]}",
                       "pass --data-dir with the folder the run was trained on")
-    dataset = data.test if split == Split.test else data.val
-    if dataset is None:
-        raise TLError("this run's data have no test split", "add DIR/test/<class>/ folders, or use --split val")
-    return dataset, meta
+    return data, meta
 
 
 def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | None = None,
-                        batch_size: int = 64, num_workers: int = -1, precision: str = "auto") -> dict[str, Any]:
+                        batch_size: int = 64, num_workers: int = -1, precision: str = "auto",
+                        target_accuracy: float | None = None) -> dict[str, Any]:
     """The metrics of ``checkpoint`` on its run's ``split``; see the module docstring. ``precision`` is chosen as
     ``tl predict-dir`` chooses it, so the two give the same labels."""
     import torch
@@ -132,6 +172,13 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
         "nll_uncalibrated": nll(logits, labels),
         "nll_calibrated": nll(logits, labels, temperature) if temperature else None,
     }
+    # On the probabilities predict-dir writes (calibrated where the checkpoint has a temperature), so a
+    # threshold found here means the same with --min-confidence.
+    confidence = (logits / (temperature or 1.0)).softmax(1).max(1).values if len(labels) else torch.zeros(0)
+    correct = logits.argmax(1) == labels if len(labels) else torch.zeros(0, dtype=torch.bool)
+    result["risk_coverage"] = risk_coverage(confidence, correct)
+    if target_accuracy is not None:
+        result["target_accuracy"] = threshold_for(confidence, correct, target_accuracy)
     return result
 
 
@@ -162,6 +209,19 @@ def print_report(result: dict[str, Any], out: Path) -> None:
     if result["most_confused"]:
         pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in result["most_confused"][:5])
         console.print(f"most confused: {pairs}")
+    coverage = Table(title="risk-coverage: images whose top probability reaches the threshold", title_justify="left")
+    for column in ("threshold", "kept", "coverage", "top-1 on kept"):
+        coverage.add_column(column, justify="right")
+    for row in result["risk_coverage"]:
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        coverage.add_row(f"{row['threshold']:g}", str(row["kept"]), f"{row['coverage']:.3f}", accuracy)
+    console.print(coverage)
+    target = result.get("target_accuracy")
+    if target and target["threshold"] is not None:
+        console.print(f"--min-confidence {target['threshold']:g} reaches top-1 {target['accuracy']:.4f} >= {target['target']:g} "
+                      f"on this split, keeping {target['kept']} of {result['count']} images ({target['coverage']:.1%})", highlight=False)
+    elif target:
+        console.print(f"no --min-confidence reaches top-1 {target['target']:g} on this split", highlight=False)
 
 
 def command(
@@ -173,6 +233,7 @@ def command(
     num_workers: Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.")] = -1,
     precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs that have it, fp16 on older ones, bf16 on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics written to --out as JSON instead of the tables.")] = False,
+    target_accuracy: Annotated[Optional[float], typer.Option(help="Also find the lowest --min-confidence for tl predict/predict-dir at which top-1 on the images kept reaches this (e.g. 0.98) on the split.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its run's validation or test split.
 
@@ -181,9 +242,13 @@ def command(
       tl eval --checkpoint runs/r18/best --split test
 
       tl eval --checkpoint runs/r18/best --json | jq .top1
+
+      tl eval --checkpoint runs/r18/best --target-accuracy 0.98   # the --min-confidence for tl predict-dir
     """
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise TLError(f"--target-accuracy: must be in (0, 1], got {target_accuracy}", "e.g. --target-accuracy 0.98")
     result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                                 precision=precision.value)
+                                 precision=precision.value, target_accuracy=target_accuracy)
     out = out or _run_dir(checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     confusion_csv = out.with_name(out.stem + "_confusion.csv")

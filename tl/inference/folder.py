@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tl.errors import TLError
 from tl.inference.inflight import InFlight, decoder_crash_is_an_error
-from tl.inference.predictions_csv import csv_header, csv_row, read_done
+from tl.inference.predictions_csv import check_unknown_label, csv_header, csv_row, read_done
 from tl.inference.predictor import Precision, Predictor, autocast_dtype, probabilities
 
 if TYPE_CHECKING:
@@ -52,11 +52,12 @@ class ImagePaths:
         import torch
 
         from tl.data.decode import read_image
+        from tl.data.transforms import decode_short_side
 
         if index in self.known_errors:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), index, self.known_errors[index]
         try:  # decoded exactly as training and `tl eval` decode, so the probabilities match theirs
-            return self.transform(read_image(self.paths[index])), index, ""
+            return self.transform(read_image(self.paths[index], decode_short_side(self.transform))), index, ""
         except Exception as exc:  # a TLError from PIL, or a transform failing on a degenerate image: one row, not the run
             reason = exc.__context__ if isinstance(exc, TLError) and exc.__context__ else exc
             text = f"{type(reason).__name__}: {reason}".replace(str(self.paths[index]), self.paths[index].name)
@@ -100,7 +101,8 @@ def default_batch_size(device: "torch.device") -> int:
 
 def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: int = 0, num_workers: int = -1,
                 top_k: int | None = None, tta: bool = False, precision: Precision = Precision.auto,
-                resume: bool = False, overwrite: bool = False, compile: bool = False) -> Summary:
+                resume: bool = False, overwrite: bool = False, compile: bool = False,
+                min_confidence: float = 0.0, unknown_label: str = "unknown") -> Summary:
     """Predict every image under ``images`` into ``out``, streaming: each batch's rows are written and flushed
     as soon as they are computed. Under ``accelerate launch`` the processes take turns by batch and the main
     process writes the gathered rows, so the file is the same as a single process writes.
@@ -127,6 +129,7 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         if top_k:
             log.info(f"{len(names)} classes: writing the top {top_k} per image (--top-k 0 writes every class)")
     top_k = min(top_k, len(names))
+    check_unknown_label(min_confidence, unknown_label, names)
     header = csv_header(names, top_k)
     files = find_images(images)
     relative = [p.relative_to(images).as_posix() for p in files]
@@ -191,7 +194,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
                 summary.failed += sum(int(i) in error_of for i in indices)
                 if handle is not None:
                     for index, row in zip(indices.tolist(), probs.cpu().tolist()):
-                        writer.writerow(csv_row(relative[pending[index]], row, names, top_k, error_of.get(index, "")))
+                        writer.writerow(csv_row(relative[pending[index]], row, names, top_k, error_of.get(index, ""),
+                                                min_confidence=min_confidence, unknown_label=unknown_label))
                     handle.flush()  # a killed run loses only the batch in flight
                 if progress.wants_stats(step):
                     progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")

@@ -24,18 +24,29 @@ def csv_header(class_names: list[str], top_k: int) -> list[str]:
     return ["path", "label", "confidence", *(pairs if top_k else [f"p_{name}" for name in class_names]), "error"]
 
 
-def csv_row(path: str, probs: list[float], names: list[str], top_k: int, error: str) -> list[str]:
+def csv_row(path: str, probs: list[float], names: list[str], top_k: int, error: str, *,
+            min_confidence: float = 0.0, unknown_label: str = "unknown") -> list[str]:
+    """One row; below ``min_confidence`` the label is ``unknown_label``, the probabilities are written all the same."""
     width = 2 * top_k if top_k else len(names)
     if error:
         return [csv_safe(path), "", "", *([""] * width), csv_safe(error)]
     best = max(range(len(probs)), key=probs.__getitem__)
-    cells = [csv_safe(path), csv_safe(names[best]), f"{probs[best]:.6f}"]
+    label = names[best] if probs[best] >= min_confidence else unknown_label
+    cells = [csv_safe(path), csv_safe(label), f"{probs[best]:.6f}"]
     if top_k:
         for k in sorted(range(len(probs)), key=lambda i: -probs[i])[:top_k]:
             cells += [csv_safe(names[k]), f"{probs[k]:.6f}"]
     else:
         cells += [f"{p:.6f}" for p in probs]
     return cells + [""]
+
+
+def check_unknown_label(min_confidence: float, unknown_label: str, class_names: list[str]) -> None:
+    """--min-confidence must be a probability, and the unknown label must not be one of the classes."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise TLError(f"--min-confidence: must be in [0, 1], got {min_confidence}", "e.g. the threshold `tl eval --target-accuracy` prints")
+    if min_confidence > 0 and unknown_label in class_names:
+        raise TLError(f"--unknown-label: {unknown_label!r} is one of the model's classes", "pick another name, e.g. --unknown-label none-of-these")
 
 
 def read_done(out: Path, header: list[str]) -> tuple[set[str], int, int]:

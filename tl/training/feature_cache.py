@@ -88,9 +88,10 @@ class FeatureCache:
         self.seconds: dict[str, float] = {}  # per split: the train split's count as training time, val's as evaluation
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """The model's output from cached features: only the head runs, under the run's autocast."""
+        """The model's output from cached features: only the head runs, under the run's autocast, and like the
+        prepared model's output it comes back in float32 (a class-weighted loss refuses bf16 logits)."""
         with self.accelerator.autocast():
-            return self.head(features)
+            return self.head(features).float()
 
     @torch.no_grad()
     def build(self) -> bool:

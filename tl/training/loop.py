@@ -80,6 +80,14 @@ def masked_mean(per_sample: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def balanced_accuracy(per_class: torch.Tensor | None) -> float:
+    """Mean recall over the classes present, from (hits, count) rows per class; a class absent has none to average."""
+    if per_class is None or not (per_class[1] > 0).any():
+        return 0.0
+    present = per_class[1] > 0
+    return (per_class[0][present] / per_class[1][present]).mean().item()
+
+
 @dataclass
 class EpochResult:
     metrics: dict | None  # None when ``should_stop`` ended the epoch early
@@ -185,15 +193,19 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str = "val",
              forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
-    """Loss, top-1, top-5 over the whole split. ``gather_for_metrics`` on every batch drops the samples the
-    distributed sampler padded in, so each image counts exactly once whatever the world size."""
+    """Loss, top-1, top-5 and balanced accuracy over the whole split. ``gather_for_metrics`` on every batch drops
+    the samples the distributed sampler padded in, so each image counts exactly once whatever the world size."""
     model.eval()  # the caller puts it back into (strategy-aware) train mode at the next epoch
     sums = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n, unreadable
+    per_class = None  # (hits, count) per true class, for balanced accuracy
     start, forward = time.perf_counter(), forward or model
     for images, labels, readable in loader:
         logits = split_outputs(forward(images))[0]
         logits, labels, readable = accelerator.gather_for_metrics((logits, labels, readable))
         logits, weight = logits.float(), readable.to(torch.float32)
+        if per_class is None:
+            per_class = torch.zeros(2, logits.shape[1], device=logits.device, dtype=torch.float64)
+        per_class.index_add_(1, labels, torch.stack([(logits.argmax(1) == labels) * weight, weight]).double())
         sums += torch.stack([
             (nn.functional.cross_entropy(logits, labels, reduction="none") * weight).sum().double(),
             _topk_correct(logits, labels, 1, weight).double(),
@@ -207,6 +219,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str 
         f"{prefix}_loss": loss_sum / count,
         f"{prefix}_top1": correct1 / count,
         f"{prefix}_top5": correct5 / count,
+        f"{prefix}_balanced_accuracy": balanced_accuracy(per_class),
         f"{prefix}_count": int(sums[3].item()),
         f"{prefix}_unreadable": int(unreadable),
         f"{prefix}_seconds": time.perf_counter() - start,
