@@ -58,4 +58,4 @@ def cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-TINY = ("--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16", "--log-every", "1000")
+TINY = ("--arch", "resnet18", "--weights", "none", "--image-size", "32", "--num-workers", "0", "--batch-size", "16", "--log-every", "1000")

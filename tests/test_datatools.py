@@ -115,7 +115,7 @@ def test_materialized_split_trains_with_its_own_stats(tmp_path):
 
 
 def test_stats_match_analytic_values(tmp_path):
-    from tl.training.command import _rgb
+    from tl.training.options import parse_option
 
     c1, c2 = np.array([200, 100, 0]), np.array([0, 100, 250])
     for name in ("x", "y"):
@@ -129,7 +129,7 @@ def test_stats_match_analytic_values(tmp_path):
     assert result.exit_code == 0, result.output
     line = result.stdout.strip().splitlines()[-1]
     values = dict(zip(("--mean", "--std"), shlex.split(line)[1::2]))
-    mean, std = _rgb(values["--mean"], "--mean"), _rgb(values["--std"], "--std")
+    mean, std = parse_option("mean", values["--mean"]), parse_option("std", values["--std"])  # as tl train parses them
     x1, x2 = c1 / 255, c2 / 255
     expected_mean = (3 * x1 + x2) / 4
     expected_std = np.sqrt((3 * x1**2 + x2**2) / 4 - expected_mean**2)

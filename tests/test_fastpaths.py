@@ -51,8 +51,8 @@ def test_auto_precision_follows_the_device_and_the_launcher(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert resolve_precision("auto", on_gpu=False) == ("bf16" if cpu_has_native_bf16() else "no")
     assert resolve_precision("no", on_gpu=False) == "no"
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision no` wins over auto
-    assert resolve_precision("auto", on_gpu=False) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # a launcher's explicit choice wins over auto
+    assert resolve_precision("auto", on_gpu=False) == "bf16"
 
 
 LINEAR = (*TINY, "--dataset", "synthetic", "--synthetic-per-class", "12", "--epochs", "3", "--strategy", "linear",
@@ -81,7 +81,8 @@ def test_cached_features_train_the_same_head(tmp_path):
 
 def test_cache_stays_off_with_augmentation_and_config_records_the_fast_paths(tmp_path):
     out = tmp_path / "augmented"
-    args = [a for a in LINEAR if a not in ("--augment", "none", "--mixed-precision", "no")]
+    dropped = {"--augment": "none", "--mixed-precision": "no"}  # back to their defaults: basic augmentation, auto precision
+    args = [a for i, a in enumerate(LINEAR) if a not in dropped and (i == 0 or dropped.get(LINEAR[i - 1]) != a)]
     result = cli("train", *args, "--epochs", "1", "--out", out)
     assert result.exit_code == 0, result.output + repr(result.exception)
     metrics = read_metrics(out)[0]

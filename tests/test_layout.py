@@ -18,7 +18,7 @@ LAYERS = [
     {"tl.inference"},
     {"tl.training"},
     {"tl.cluster", "tl.viz.gradcam", "tl.viz.grids", "tl.viz.lrfind", "tl.viz.inputs"},  # commands that use every stage
-    {"tl.cli", "tl.train", "tl.predict_dir", "tl.doctor"},  # the registrar and the programs users run with python -m
+    {"tl.cli", "tl.api", "tl.train", "tl.predict_dir", "tl.doctor"},  # the Python API, the registrar and the programs users run with python -m
 ]
 MAX_LINES = 420
 

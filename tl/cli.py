@@ -6,20 +6,18 @@ is cheap (typer only), heavy libraries are imported inside the commands so that 
 
 from __future__ import annotations
 
-import typer
-
 from tl.cluster import doctor, slurm
-from tl.data import check, split_command, stats
-from tl.entry import report
+from tl.data import check, prepare, split_command, stats
+from tl.entry import Typer, report
 from tl.errors import TLError
 from tl.inference import commands as predict
-from tl.inference import evaluate
+from tl.inference import evaluate, suspects
 from tl.models import archs_command, export
 from tl.training import command as train
 from tl.training import reproduce
 from tl.viz import curves, gradcam, grids, lrfind
 
-app = typer.Typer(
+app = Typer(  # tl's help layout, shared with the python -m programs: see tl/entry.py
     name="tl",
     help="Fine-tune ImageNet-pretrained torchvision classifiers on your own images.",
     add_completion=False,
@@ -35,8 +33,10 @@ app.command("export")(export.command)
 app.command("predict-dir")(predict.predict_dir_command)
 app.command("predict")(predict.predict_command)
 app.command("eval")(evaluate.command)
+app.command("suspects")(suspects.command)
 app.command("check-data")(check.command)
 app.command("split")(split_command.command)
+app.command("prepare")(prepare.command)
 app.command("stats")(stats.command)
 app.command("plot")(curves.command)
 app.command("show-batch")(grids.show_batch_command)

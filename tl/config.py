@@ -21,6 +21,8 @@ HEAD_NORMS = ("standardize", "batchnorm", "none")
 AUGMENTS = ("basic", "strong", "trivial", "none")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+BALANCES = ("none", "loss", "sampler")
+SELECT_BY = ("val_top1", "val_balanced_accuracy", "val_loss")
 
 
 def _is_number(text: str) -> bool:
@@ -106,7 +108,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    weights: str = "none"  # none | DEFAULT | a torchvision enum name | a local file
+    weights: str = "auto"  # auto | none | DEFAULT | a torchvision enum name | a local file (see TrainConfig.__post_init__)
     head: str = "linear"
     head_hidden: int = 256
     head_norm: str = "standardize"
@@ -164,6 +166,9 @@ class OptimConfig:
     plateau_patience: int = 2
     max_reductions: int = 0  # 0: never stop because of reductions
     label_smoothing: float = 0.0
+    # Class imbalance: loss weighs each image by its class's n_c^-1/2, sampler draws images with that weight
+    # (normalised to a mean of 1 over the train images), so rare classes count more (tl.training.setup)
+    balance: str = "none"
     grad_accum: int = 1
     clip_grad: float | None = None
     ema: float | None = None
@@ -181,6 +186,7 @@ class OptimConfig:
         _require(self.plateau_patience >= 0, "--plateau-patience", "must be >= 0")
         _require(self.max_reductions >= 0, "--max-reductions", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)")
+        _choice(self.balance, "--balance", BALANCES)
         _require(self.grad_accum >= 1, "--grad-accum", "must be at least 1")
         _require(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", "must be > 0")
         _require(self.ema is None or 0 < self.ema < 1, "--ema", "decay must be in (0, 1), e.g. 0.999")
@@ -198,6 +204,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model; falls back to eager with a log line where it cannot
     cache_features: bool = True  # linear strategy without augmentation: backbone features computed once
     early_stop_patience: int = 0  # 0: off
+    select_by: str = "val_top1"  # which epoch is best/ (and what early stopping watches)
     log_with: str | None = None
     log_every: int = 20
     overwrite: bool = False
@@ -210,6 +217,7 @@ class RunConfig:
         if self.mixed_precision is not None:
             _choice(self.mixed_precision, "--mixed-precision", PRECISIONS)
         _require(self.early_stop_patience >= 0, "--early-stop-patience", "must be >= 0")
+        _choice(self.select_by, "--select-by", SELECT_BY)
         if self.log_with is not None:
             _choice(self.log_with, "--log-with", TRACKERS)
         _require(self.log_every >= 1, "--log-every", "must be at least 1")
@@ -226,6 +234,11 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if self.model.weights.lower() == "auto":
+            # A transfer-learning tool starts from ImageNet weights unless told otherwise (fastai's default too); the
+            # built-in synthetic set and your own module:callable have none. Recorded resolved in config.json.
+            custom = ":" in self.model.arch or self.data.dataset == "synthetic"
+            self.model.weights = "none" if custom else "DEFAULT"
         _require(
             self.finetune.strategy != "gradual" or self.finetune.unfreeze_epoch < self.run.epochs,
             "--unfreeze-epoch",

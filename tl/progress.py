@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,6 +34,24 @@ class _CurrentStderr(logging.StreamHandler):
         super().emit(record)
 
 
+_quiet = False
+
+
+@contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """No progress, plan or summary while inside (``tl.train(progress=False)``); warnings and errors still show."""
+    global _quiet
+    before, _quiet = _quiet, enabled or _quiet
+    try:
+        yield
+    finally:
+        _quiet = before
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
 def setup_logging(is_main: bool) -> None:
     """One plain line per message on the main process; warnings only elsewhere."""
     logger = logging.getLogger("tl")
@@ -39,7 +59,7 @@ def setup_logging(is_main: bool) -> None:
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main and not _quiet else logging.WARNING)
 
 
 class EpochProgress:
@@ -49,7 +69,7 @@ class EpochProgress:
         self.description = description
         self.total = total
         self.every = every
-        self.enabled = enabled
+        self.enabled = enabled and not _quiet
         self.start = time.perf_counter()
         self.bar: Progress | None = None
         if enabled and console.is_terminal:

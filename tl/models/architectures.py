@@ -205,7 +205,8 @@ def torchvision_state(arch: str, name: str) -> tuple[dict[str, torch.Tensor], st
     except Exception as exc:  # urllib/ssl/socket errors differ by platform; all mean "no download"
         reason = str(exc).splitlines()[0][:160]
         raise TLError(f"could not download the {arch} {weights.name} weights ({type(exc).__name__}: {reason})",
-                      "offline? copy the file here and pass --weights PATH (a .pth or .safetensors state dict)")
+                      "offline? copy the weights file here and pass --weights PATH (.pth or .safetensors), "
+                      "or --weights none to train from random weights")
     return state, f"torchvision {arch} {weights.name}"
 
 

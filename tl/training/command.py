@@ -12,9 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from tl import config
-from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig
 from tl.data import flags  # the data flags check-data and stats share with train
-from tl.errors import TLError
 
 DATA, MODEL, TUNE, OPTIM, RUN, SPEED = "Data", "Model", "Fine-tuning strategy", "Optimisation", "Run", "Speed"
 
@@ -33,21 +32,12 @@ Precision = _choices("Precision", config.PRECISIONS)
 Tracker = _choices("Tracker", config.TRACKERS)
 
 
-def _rgb(value: Optional[str], flag: str) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    try:
-        numbers = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 3:
-        raise TLError(f"{flag}: expected three comma-separated numbers, got {value!r}", f"e.g. {flag} 0.485,0.456,0.406")
-    return numbers  # type: ignore[return-value]
-
-
 def command(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="A recipe: YAML or JSON of these options (a run's config.json too); flags given here override it.", rich_help_panel=RUN)] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved options as YAML (a recipe to start from) and exit.", rich_help_panel=RUN)] = False,
     arch: Annotated[str, typer.Option(help="torchvision architecture (`tl archs`), or module:callable taking num_classes.", rich_help_panel=MODEL)] = ModelConfig.arch,
-    weights: Annotated[str, typer.Option(help="none | DEFAULT | a torchvision weights name (IMAGENET1K_V1) | PATH to .safetensors/.pth or a tl checkpoint.", rich_help_panel=MODEL)] = ModelConfig.weights,
+    weights: Annotated[str, typer.Option(help="auto: ImageNet weights (DEFAULT) on real data, random on --dataset synthetic | DEFAULT | a torchvision weights name (IMAGENET1K_V1) | PATH to .safetensors/.pth or a tl checkpoint | none: random.", rich_help_panel=MODEL)] = ModelConfig.weights,
     head: Annotated[Head, typer.Option(help="New classifier head.", rich_help_panel=MODEL)] = Head(ModelConfig.head),
     head_hidden: Annotated[int, typer.Option(help="Hidden width of the mlp head.", rich_help_panel=MODEL)] = ModelConfig.head_hidden,
     head_norm: Annotated[HeadNorm, typer.Option(help="Normalise pooled features before the head: running standardisation, BatchNorm without affine, or none.", rich_help_panel=MODEL)] = HeadNorm(ModelConfig.head_norm),
@@ -97,6 +87,8 @@ def command(
     plateau_patience: Annotated[int, typer.Option(help="plateau: epochs without improvement before a reduction.", rich_help_panel=OPTIM)] = OptimConfig.plateau_patience,
     max_reductions: Annotated[int, typer.Option(help="plateau: stop after this many reductions (0: never).", rich_help_panel=OPTIM)] = OptimConfig.max_reductions,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", rich_help_panel=OPTIM)] = OptimConfig.label_smoothing,
+    balance: Annotated[str, typer.Option(help="Class imbalance: none | loss (each image's loss x its class weight n_c^-1/2, normalised to a mean of 1 over the train images) | sampler (images drawn with replacement with that weight, in an order fixed by seed and epoch: exact across processes and on resume).", rich_help_panel=OPTIM)] = OptimConfig.balance,
+    select_by: Annotated[str, typer.Option(help="Which epoch becomes best/ (and what --early-stop-patience watches): val_top1 | val_balanced_accuracy (mean per-class recall) | val_loss.", rich_help_panel=RUN)] = RunConfig.select_by,
     grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.", rich_help_panel=OPTIM)] = OptimConfig.grad_accum,
     clip_grad: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this.", rich_help_panel=OPTIM)] = OptimConfig.clip_grad,
     ema: Annotated[Optional[float], typer.Option(help="Keep an EMA of the weights with this decay (e.g. 0.999).", rich_help_panel=OPTIM)] = OptimConfig.ema,
@@ -123,27 +115,15 @@ def command(
 
       accelerate launch -m tl.train --arch mobilenet_v3_small --dataset synthetic --epochs 3 --out runs/demo
     """
-    cfg = TrainConfig(
-        data=DataConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, image_size=image_size,
-                        augment=augment.value, crop_scale_min=crop_scale_min, mixup=mixup, cutmix=cutmix, val_fraction=val_fraction, test_fraction=test_fraction, download=download,
-                        image_column=image_column, label_column=label_column, caltech_background=caltech_background, strict=strict,
-                        batch_size=batch_size, num_workers=num_workers, mean=_rgb(mean, "--mean"), std=_rgb(std, "--std"),
-                        synthetic_classes=synthetic_classes, synthetic_per_class=synthetic_per_class,
-                        synthetic_size=synthetic_size, device_augment=device_augment, cache_images=cache_images),
-        model=ModelConfig(arch=arch, weights=weights, head=head.value, head_hidden=head_hidden, head_norm=head_norm.value,
-                          dropout=dropout, cut_at=cut_at, aux_loss_weight=aux_loss_weight, trust_pickle=trust_pickle),
-        finetune=FinetuneConfig(strategy=strategy.value, freeze_depth=freeze_depth, unfreeze_epoch=unfreeze_epoch,
-                                backbone_lr_mult=backbone_lr_mult, freeze_bn=freeze_bn,
-                                backbone_warmup_epochs=backbone_warmup_epochs),
-        optim=OptimConfig(optimizer=optimizer.value, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                          scheduler=scheduler.value, warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma,
-                          plateau_factor=plateau_factor, plateau_patience=plateau_patience, max_reductions=max_reductions,
-                          label_smoothing=label_smoothing, grad_accum=grad_accum, clip_grad=clip_grad, ema=ema),
-        run=RunConfig(out=str(out), epochs=epochs, seed=seed, mixed_precision=mixed_precision.value,
-                      channels_last=channels_last, compile=compile, cache_features=cache_features,
-                      early_stop_patience=early_stop_patience, log_with=log_with.value if log_with else None, log_every=log_every,
-                      overwrite=overwrite, resume=resume, save_every_steps=save_every_steps, keep_states=keep_states),
-    )
-    from tl.training.run import run
+    from tl.training.options import from_config, resolve, to_config, to_yaml
 
-    run(cfg)
+    typed = {name: value for name, value in ctx.params.items()
+             if name not in ("config", "print_config")
+             and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}  # typer vendors click: compare names
+    cfg = to_config(resolve(typed, config))
+    if print_config:
+        print(to_yaml(from_config(cfg)), end="")
+        return
+    from tl.training.api import train_config
+
+    train_config(cfg)

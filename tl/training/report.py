@@ -19,7 +19,7 @@ from tl.config import TrainConfig
 from tl.data.datasets import DatasetBundle
 from tl.models.architectures import ModelInfo
 from tl.models.heads import head_param_names
-from tl.progress import console, out_console
+from tl.progress import console, is_quiet, out_console
 
 
 def _fmt_count(n: int) -> str:
@@ -29,7 +29,7 @@ def _fmt_count(n: int) -> str:
 def print_plan(*, model: nn.Module, info: ModelInfo, strategy: str, reason: str, data: DatasetBundle,
                accelerator: Accelerator, backbone_lr_mult: float, fast: dict[str, Any] | None = None) -> None:
     """A small table of trainable/frozen parameters per part, and the facts of the run, before it starts."""
-    if not accelerator.is_main_process:
+    if not accelerator.is_main_process or is_quiet():
         return
     heads = head_param_names(model)
     table = Table(title=f"{info.arch}: {strategy}" + (f" ({reason})" if reason else ""), title_justify="left")
@@ -137,6 +137,8 @@ def data_wait_hint(share: float, workers: int, cpus: int | None = None) -> str |
 def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers: int = 0) -> None:
     with open(out / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(metrics) + "\n")
+    if is_quiet():
+        return
     mark = " *" if improved else ""
     console.print(
         f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} top-1 {metrics['train_top1']:.3f} | "
@@ -152,7 +154,7 @@ def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers:
 
 def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerator: Accelerator) -> None:
     """The run's answer, on stdout; the plan and the epoch lines before it are progress, on stderr."""
-    if not accelerator.is_main_process or not best:
+    if not accelerator.is_main_process or not best or is_quiet():
         return
     table = Table(title="tl train: done", title_justify="left", show_header=False)
     table.add_column(style="bold")

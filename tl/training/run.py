@@ -80,6 +80,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 image_cache=cached_bytes > 0,
                 compiled=cfg.run.compile and fastpaths.compile_model(model, accelerator.device))  # same results, sooner
     pretrained = cfg.model.weights.lower() != "none"
+    if not pretrained and cfg.data.dataset != "synthetic":
+        log.warning(f"training {cfg.model.arch} from random weights: transfer learning starts from pretrained ones "
+                    "(--weights DEFAULT for ImageNet's, --weights PATH for a local file)")
     strategy, reason = cfg.finetune.strategy, ""
     if strategy == "auto":
         strategy, reason = resolve_auto(len(data.train) / len(data.class_names), pretrained)
@@ -110,9 +113,13 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                     step_size=o.step_size, gamma=o.gamma)
     backbone_warmup_steps = round(cfg.finetune.backbone_warmup_epochs * steps_per_epoch) if pretrained else 0
     plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions)
+    class_weight = setup.class_weights(data.train.targets, len(data.class_names))  # --balance loss|sampler
+    if o.balance != "none":
+        log.info(f"--balance {o.balance}: class weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
     ctx = TrainContext(
         accelerator=accelerator, optimizer=optimizer,
-        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none"),
+        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none",
+                                          weight=torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None),
         apply_lr=lambda optimizer, step: set_lr(optimizer, lr_factor(step, **schedule) * plateau.multiplier,
                                                 backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
@@ -201,7 +208,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
                 log.info(f"val top-1 stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
             metrics["lr_reductions"] = plateau.reductions
-            improved = not best or (metrics["val_top1"], -metrics["val_loss"]) > (best["val_top1"], -best["val_loss"])
+            improved = not best or selection_key(metrics, cfg.run.select_by) > selection_key(best, cfg.run.select_by)
             if improved:
                 best = progress.best = metrics
 
@@ -221,7 +228,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
                 raise SystemExit(EXIT_REQUEUE)
             if cfg.run.early_stop_patience and metrics["epoch"] - best["epoch"] >= cfg.run.early_stop_patience:
-                log.info(f"early stop: no better val top-1 for {cfg.run.early_stop_patience} epochs")
+                log.info(f"early stop: no better {cfg.run.select_by} for {cfg.run.early_stop_patience} epochs")
                 break
             if plateau.exhausted:
                 log.info(f"stopping after {plateau.reductions} learning-rate reductions (--max-reductions)")
@@ -244,6 +251,14 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     accelerator.end_training()
     report.print_summary(best, seconds=time.perf_counter() - start, out=out, accelerator=accelerator)
     return best
+
+
+def selection_key(metrics: dict[str, Any], select_by: str) -> tuple[float, ...]:
+    """Larger is better: the --select-by metric, then val top-1 and val loss to break ties. A best epoch saved
+    before balanced accuracy was recorded counts it as 0."""
+    top1, loss = metrics["val_top1"], -metrics["val_loss"]
+    return {"val_top1": (top1, loss), "val_loss": (loss, top1),
+            "val_balanced_accuracy": (metrics.get("val_balanced_accuracy", 0.0), top1, loss)}[select_by]
 
 
 def nonfinite_hint(cfg: TrainConfig, precision: str) -> str:

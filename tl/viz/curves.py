@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from tl.errors import TLError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES = "curves.png"
 SIZE = (9.0, 9.0)  # inches; x viz.DPI = pixels
@@ -57,10 +60,17 @@ def marks(epochs: list[dict[str, Any]]) -> tuple[int, list[int]]:
 
 
 def plot_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
-    """Draw the three panels into ``path`` (a PNG of ``SIZE`` inches)."""
+    """``curves_figure`` written to ``path`` (a PNG of ``SIZE`` inches)."""
+    from tl.viz import save
+
+    return save(curves_figure(epochs), path)
+
+
+def curves_figure(epochs: list[dict[str, Any]]) -> "Figure":
+    """Three panels over the epochs: loss, top-1/top-5, learning rate; the best epoch and lr reductions marked."""
     from matplotlib.ticker import MaxNLocator
 
-    from tl.viz import new_figure, save
+    from tl.viz import new_figure
 
     fig = new_figure(*SIZE)
     loss_ax, acc_ax, lr_ax = fig.subplots(3, 1, sharex=True, height_ratios=(3, 3, 2))
@@ -104,7 +114,7 @@ def plot_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
     loss_ax.legend(loc="upper right", fontsize=8)
     acc_ax.legend(loc="lower right", fontsize=8)
     loss_ax.set_title(f"{len(epochs)} epoch(s); dashed black: best epoch" + ("; dotted red: lr reduced" if reductions else ""))
-    return save(fig, path)
+    return fig
 
 
 def write_curves(run: Path, out: Path | None = None) -> Path:
@@ -135,7 +145,9 @@ def command(
 ) -> None:
     """Plot a run's loss, top-1/top-5 and learning rate per epoch into RUN/curves.png.
 
-    Example: tl plot runs/r18
+    Example:
+
+      tl plot runs/r18
     """
     from tl.viz import require_matplotlib
 

@@ -25,6 +25,7 @@ from tl.viz.inputs import Arch, ImageSize
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.figure import Figure
 
 CELL = (2.0, 2.3)  # inches per image (width, height): the image plus a two-line title
 HEADING = 0.4  # inches for the figure's own title
@@ -45,8 +46,16 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 def draw_grid(images: Sequence["np.ndarray"], titles: Sequence[str], path: Path, *, heading: str = "",
               wrong: Sequence[bool] | None = None) -> Path:
+    """``grid_figure`` written to ``path`` as a PNG."""
+    from tl.viz import save
+
+    return save(grid_figure(images, titles, heading=heading, wrong=wrong), path)
+
+
+def grid_figure(images: Sequence["np.ndarray"], titles: Sequence[str], *, heading: str = "",
+                wrong: Sequence[bool] | None = None) -> "Figure":
     """Images (H, W, 3 in [0, 1]) in a grid with a title each; ``wrong`` ones get a red title and frame."""
-    from tl.viz import new_figure, save
+    from tl.viz import new_figure
 
     columns, rows = grid_shape(len(images))
     fig = new_figure(columns * CELL[0], rows * CELL[1] + HEADING)
@@ -66,7 +75,7 @@ def draw_grid(images: Sequence["np.ndarray"], titles: Sequence[str], path: Path,
             spine.set_linewidth(3 if bad else 1)
     if heading:
         fig.suptitle(heading, fontsize=10)
-    return save(fig, path)
+    return fig
 
 
 def _order(length: int, seed: int) -> list[int]:
@@ -121,7 +130,9 @@ def show_batch_command(
 ) -> None:
     """Draw a grid of images as the model sees them after augmentation, titled with their classes.
 
-    Example: tl show-batch --dataset imagefolder --data-dir data/hymenoptera --arch resnet18 --n 16 --out batch.png
+    Example:
+
+      tl show-batch --dataset imagefolder --data-dir data/hymenoptera --arch resnet18 --n 16 --out batch.png
     """
     from tl.data.datasets import build_datasets
     from tl.data.transforms import eval_transform, train_transform

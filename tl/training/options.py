@@ -1,0 +1,115 @@
+"""``tl train``'s options as one flat dict: from the flags, a recipe file (YAML or JSON) or Python keywords, to a TrainConfig.
+
+Every option is named as its config field (``--head-hidden`` is ``head_hidden`` in ``ModelConfig``), so the CLI,
+``tl.train(...)``, recipe files and a run's own ``config.json`` all speak the same names, and a new config field
+is an option everywhere at once. Precedence: defaults < recipe file < what the user typed (or passed as keywords).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from tl.errors import TLError
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "finetune": FinetuneConfig, "optim": OptimConfig, "run": RunConfig}
+SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+RGB_OPTIONS = ("mean", "std")
+
+
+def defaults() -> dict[str, Any]:
+    """Every option with its default, in config order."""
+    return {name: value for section in TrainConfig().to_dict().values() for name, value in section.items()}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_names(names: list[str], where: str) -> None:
+    """An unknown option is one line naming it, with the close matches."""
+    for name in names:
+        if name not in SECTION_OF:
+            close = difflib.get_close_matches(name.replace("-", "_").lstrip("_"), list(SECTION_OF), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see `tl train --help` for the options"
+            raise TLError(f"{where}: unknown option {name!r}", hint)
+
+
+def parse_option(name: str, value: Any) -> Any:
+    """A flag's value as the config stores it: enum members as their value, paths as strings, R,G,B as a tuple."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if name in RGB_OPTIONS and value is not None:
+        if isinstance(value, str):
+            try:
+                value = tuple(float(v) for v in value.split(","))
+            except ValueError:
+                value = ()
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise TLError(f"{flag(name)}: expected three comma-separated numbers, got {value!r}", f"e.g. {flag(name)} 0.485,0.456,0.406")
+        return tuple(float(v) for v in value)
+    return value
+
+
+def to_config(options: dict[str, Any], where: str = "tl train") -> TrainConfig:
+    """A validated TrainConfig from flat options (missing ones take their defaults)."""
+    check_names(list(options), where)
+    sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for name, value in options.items():
+        sections[SECTION_OF[name]][name] = parse_option(name, value)
+    return TrainConfig(**{section: SECTIONS[section](**values) for section, values in sections.items()})
+
+
+def from_config(cfg: TrainConfig) -> dict[str, Any]:
+    return {name: value for section in cfg.to_dict().values() for name, value in section.items()}
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """Options from a YAML or JSON file: flat (``lr: 0.01``), nested by section, or a run's ``config.json``."""
+    import yaml
+
+    if not path.is_file():
+        raise TLError(f"--config: no such file {path}", "give a YAML or JSON recipe, or a run's config.json")
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.suffix.lower() in (".yaml", ".yml") else json.loads(path.read_text())
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
+        raise TLError(f"--config: cannot read {path} ({' '.join(str(exc).split())[:200]})", "a recipe is a YAML or JSON mapping of option: value")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TLError(f"--config: {path} is not a mapping of option: value", "e.g. `lr: 0.01` on a line of its own")
+    if isinstance(raw.get("config"), dict):  # a run's config.json: the options are under "config"
+        raw = raw["config"]
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key.replace("-", "_")] = value
+    check_names(list(flat), f"--config {path}")
+    return flat
+
+
+def to_yaml(options: dict[str, Any]) -> str:
+    """The options as a recipe file, grouped by section with a comment line each."""
+    import yaml
+
+    lines = []
+    for section in SECTIONS:
+        values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items() if SECTION_OF[k] == section}
+        lines.append(f"# {section}")
+        lines.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def resolve(explicit: dict[str, Any], recipe: Path | None = None) -> dict[str, Any]:
+    """defaults < the recipe file < ``explicit`` (what the user typed, or passed as keywords)."""
+    check_names(list(explicit), "tl train")
+    return {**defaults(), **(read_recipe(recipe) if recipe else {}), **explicit}
