@@ -62,20 +62,33 @@ class Classifier:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         return f"Classifier({type(self.model).__name__}, {len(names)} classes: {shown})"
 
-    def predict(self, inputs: Input | Sequence[Input], *, batch_size: int = 32, tta: bool = False) -> Prediction | list[Prediction]:
+    def predict(self, inputs: Input | Sequence[Input], *, batch_size: int = 0, tta: bool = False) -> Prediction | list[Prediction]:
         """One input -> one Prediction; a list -> a list, in order. An unreadable input gives a Prediction whose
-        ``error`` says why (label ""), never an exception."""
+        ``error`` says why (label ""), never an exception. ``batch_size`` 0: predict-dir's default for the device."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tl.inference.folder import default_batch_size
+        from tl.runtime import num_workers
+
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         answers: list[Prediction | None] = [None] * len(items)
-        ready: list[tuple[int, Any]] = []
         pixels = self._predictor.pixels()
-        for index, item in enumerate(items):
+
+        def prepare(item: Input):
             try:
-                ready.append((index, pixels(_as_image(item))))
+                return pixels(_as_image(item)), None
             except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
-                answers[index] = Prediction("", 0.0, {}, exc.message if isinstance(exc, TLError) else f"{type(exc).__name__}: {exc}",
-                                            _describe(item))
+                return None, exc.message if isinstance(exc, TLError) else f"{type(exc).__name__}: {exc}"
+
+        threads = max(1, num_workers(-1, 1)) if len(items) > 1 else 1  # decoders release the GIL, as in predict-dir
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            decoded = list(pool.map(prepare, items))
+        ready = [(index, image) for index, (image, _) in enumerate(decoded) if image is not None]
+        for index, (_, error) in enumerate(decoded):
+            if error is not None:
+                answers[index] = Prediction("", 0.0, {}, error, _describe(items[index]))
+        batch_size = batch_size or default_batch_size(self._device)
         for start in range(0, len(ready), batch_size):
             chunk = ready[start:start + batch_size]
             for (index, _), probs in zip(chunk, self._probabilities([image for _, image in chunk], tta)):

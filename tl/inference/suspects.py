@@ -269,6 +269,8 @@ def command(
         raise TLError("--top: must be at least 1")
     if folds < 2:
         raise TLError("--folds: must be at least 2", "5 is the usual choice")
+    if not run.exists():
+        raise TLError(f"{run} does not exist", "pass the --out folder of a tl train run, or its best/ checkpoint")
     checkpoint = run / "best" if (run / "best").is_dir() else run
     rows, datasets, meta = find_suspects(checkpoint, split, top=top, folds=folds, data_dir=data_dir, batch_size=batch_size,
                                          num_workers=num_workers, precision=precision.value)
