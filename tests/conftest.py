@@ -59,3 +59,22 @@ def cli(*args: str):
 
 
 TINY = ("--arch", "resnet18", "--weights", "none", "--image-size", "32", "--num-workers", "0", "--batch-size", "16", "--log-every", "1000")
+
+RGB_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def train_tiny_run(root: Path) -> Path:
+    """A real 1-epoch resnet18 run on a 3-class folder of tiny images (ROOT/run): the checkpoint prediction tests use."""
+    data = make_image_folder(root / "data", RGB_CLASSES, 4)
+    out = root / "run"
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--batch-size", "6", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A predictions CSV as dicts (surrogate-free UTF-8, as predict-dir writes it)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -3,7 +3,6 @@ and a decoder that crashes on purpose (predict-dir --resume must then lose only 
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, cli, make_image_folder, read_metrics, write_image
+from tests.conftest import ROOT, TINY, cli, make_image_folder, read_metrics, read_rows, train_tiny_run, write_image
 from tests.fuzz_corpus import FORMATS, write_corpus
 
 CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -68,17 +67,8 @@ def _sample(corpus: list[Path], per_format: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzzrun")
-    data = make_image_folder(root / "data", CLASSES, 4)
-    out = root / "run"
-    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--batch-size", "6", "--out", out)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("fuzzrun"))
 
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_predict_dir_over_damaged_files_writes_a_row_each(run, corpus, tmp_path):
@@ -91,7 +81,7 @@ def test_predict_dir_over_damaged_files_writes_a_row_each(run, corpus, tmp_path)
     result = subprocess.run([sys.executable, "-m", "tl.predict_dir", images, "--checkpoint", run / "best", "--out", out],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 1, result.stderr[-2000:]
-    rows = _rows(out)
+    rows = read_rows(out)
     assert len(rows) == 14 * len(FORMATS) + 1
     failed = [r for r in rows if r["error"]]
     assert failed and all(not r["label"] for r in failed)
@@ -163,12 +153,12 @@ def test_resume_after_a_decoder_crash_loses_only_that_file(run, tmp_path, worker
     else:  # the decoding thread took the whole process down
         assert first.returncode == -11, first.stderr[-2000:]
     assert (tmp_path / "preds.csv.inflight").exists()
-    before = _rows(out) if out.exists() else []
+    before = read_rows(out) if out.exists() else []
     assert len(before) < 31
 
     second = subprocess.run(command + ["--resume"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert second.returncode == 1, second.stderr[-2000:]
-    rows = _rows(out)
+    rows = read_rows(out)
     assert sorted(r["path"] for r in rows) == sorted(p.name for p in images.iterdir())
     culprit = [r for r in rows if r["error"]]
     assert [r["path"] for r in culprit] == ["img_17_CRASHME.png"]

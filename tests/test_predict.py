@@ -15,24 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, TINY, cli, make_image_folder, write_image
+from tests.conftest import ROOT, cli, make_image_folder, read_rows, train_tiny_run, write_image
 
 CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("predict")
-    data = make_image_folder(root / "data", CLASSES, 4)
-    out = root / "run"
-    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--batch-size", "6", "--out", out)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("predict"))
 
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def messy_folder(root: Path) -> tuple[set[str], set[str]]:
