@@ -63,6 +63,13 @@ def test_predict_one_many_and_unreadable(run, data, tmp_path):
     assert answers[1].label == "" and "broken.jpg" in answers[1].error
     assert answers[2].label == answers[0].label  # the PIL image of the same file: the same answer
     assert answers[2].probs == pytest.approx(answers[0].probs, abs=2e-3)
+    assert clf.predict(files[0], min_confidence=one.confidence).label == one.label  # reaching the threshold is enough
+    above = min(1.0, one.confidence + 1e-4)
+    cautious = clf.predict(files[0], min_confidence=above, unknown_label="none-of-these")
+    assert cautious.label == ("none-of-these" if one.confidence < above else one.label)
+    assert cautious.probs == pytest.approx(one.probs) and cautious.error is None
+    with pytest.raises(tl.TLError, match="one of the model's classes"):
+        clf.predict(files[0], min_confidence=0.5, unknown_label="red")
 
 
 def test_predict_agrees_with_predict_dir(run, data, tmp_path):

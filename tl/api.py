@@ -62,13 +62,18 @@ class Classifier:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         return f"Classifier({type(self.model).__name__}, {len(names)} classes: {shown})"
 
-    def predict(self, inputs: Input | Sequence[Input], *, batch_size: int = 0, tta: bool = False) -> Prediction | list[Prediction]:
+    def predict(self, inputs: Input | Sequence[Input], *, batch_size: int = 0, tta: bool = False,
+                min_confidence: float = 0.0, unknown_label: str = "unknown") -> Prediction | list[Prediction]:
         """One input -> one Prediction; a list -> a list, in order. An unreadable input gives a Prediction whose
-        ``error`` says why (label ""), never an exception. ``batch_size`` 0: predict-dir's default for the device."""
+        ``error`` says why (label ""), never an exception. ``batch_size`` 0: predict-dir's default for the device.
+        Below ``min_confidence`` the label is ``unknown_label`` (probabilities kept), as ``--min-confidence`` does."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tl.inference.folder import default_batch_size
+        from tl.inference.predictions_csv import check_unknown_label
         from tl.runtime import num_workers
+
+        check_unknown_label(min_confidence, unknown_label, self.class_names)
 
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
@@ -93,8 +98,8 @@ class Classifier:
             chunk = ready[start:start + batch_size]
             for (index, _), probs in zip(chunk, self._probabilities([image for _, image in chunk], tta)):
                 best = max(range(len(probs)), key=probs.__getitem__)
-                answers[index] = Prediction(self.class_names[best], probs[best], dict(zip(self.class_names, probs)),
-                                            None, _describe(items[index]))
+                label = self.class_names[best] if probs[best] >= min_confidence else unknown_label
+                answers[index] = Prediction(label, probs[best], dict(zip(self.class_names, probs)), None, _describe(items[index]))
         return answers[0] if single else answers  # type: ignore[return-value]
 
     def predict_dir(self, folder: str | Path, out: str | Path, *, progress: bool = True, **options: Any) -> "Summary":
