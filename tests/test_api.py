@@ -179,3 +179,18 @@ def test_shipped_recipes_are_valid(recipe):
     assert options and all(getattr(getattr(cfg, section), name) == value or name == "weights"
                            for name, value in options.items() for section in ("data", "model", "finetune", "optim", "run")
                            if hasattr(getattr(cfg, section), name))
+
+
+def test_recipe_values_are_typed_and_print_config_keeps_auto(tmp_path):
+    """YAML reads 1e-3 as a string and people write "false": both become their field's type; nonsense is one line."""
+    from tl.training.options import read_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('lr: 1e-3\noptim:\n  weight-decay: 5e-4\nchannels_last: "false"\nepochs: "3"\n')
+    assert read_recipe(recipe) == {"lr": 0.001, "weight_decay": 0.0005, "channels_last": False, "epochs": 3}
+    for text, message in (("lr: fast\n", "lr must be a float"), ("true: 1\n", "is not an option name")):
+        recipe.write_text(text)
+        with pytest.raises(tl.TLError, match=message):
+            read_recipe(recipe)
+    printed = read_recipe(_printed_config(tmp_path))
+    assert printed["weights"] == "auto" and printed["lr"] == 0.02 and printed["arch"] == "squeezenet1_0"

@@ -69,6 +69,7 @@ class Classifier:
         Below ``min_confidence`` the label is ``unknown_label`` (probabilities kept), as ``--min-confidence`` does."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from tl.data.transforms import decode_short_side
         from tl.inference.folder import default_batch_size
         from tl.inference.predictions_csv import check_unknown_label
         from tl.runtime import num_workers
@@ -79,10 +80,11 @@ class Classifier:
         items = [inputs] if single else list(inputs)
         answers: list[Prediction | None] = [None] * len(items)
         pixels = self._predictor.pixels()
+        short_side = decode_short_side(pixels)
 
         def prepare(item: Input):
             try:
-                return pixels(_as_image(item)), None
+                return pixels(_as_image(item, short_side)), None
             except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
                 return None, exc.message if isinstance(exc, TLError) else f"{type(exc).__name__}: {exc}"
 
@@ -116,7 +118,8 @@ class Classifier:
         from tl.viz.grids import grid_figure
 
         require_matplotlib()
-        predictions = self.predict(list(inputs))
+        inputs = list(inputs)  # a generator is read once
+        predictions = self.predict(inputs)
         images, labels = [], []
         for item, prediction, title in zip(inputs, predictions, titles or [None] * len(predictions)):
             try:
@@ -144,15 +147,16 @@ class Classifier:
         return probs.cpu().tolist()
 
 
-def _as_image(item: Input):
-    """What ``read_image`` hands out: a file decoded as training decodes it, a PIL image as RGB, a uint8 tensor as is."""
+def _as_image(item: Input, min_short_side: int | None = None):
+    """What ``read_image`` hands out: a file decoded as predict-dir decodes it (at a reduced size when the transform
+    allows, ``min_short_side``), a PIL image as RGB, a uint8 tensor as is."""
     import torch
     from PIL import Image
 
     from tl.data.decode import read_image
 
     if isinstance(item, (str, Path)):
-        return read_image(Path(item))
+        return read_image(Path(item), min_short_side)
     if isinstance(item, Image.Image):
         return item.convert("RGB")
     if isinstance(item, torch.Tensor):

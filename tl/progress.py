@@ -72,7 +72,7 @@ class EpochProgress:
         self.enabled = enabled and not _quiet
         self.start = time.perf_counter()
         self.bar: Progress | None = None
-        if enabled and console.is_terminal:
+        if self.enabled and console.is_terminal:
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,

@@ -78,9 +78,13 @@ def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str]
         except queue.Empty:
             child.kill()
             child.wait()
-            if current >= start and names[current] not in outcomes:
+            if current < start:  # no file announced yet: the process itself did not start in time, not a file's fault
+                for name in names[start:]:
+                    outcomes.setdefault(name, Outcome(BUG, f"the decoding process did not start in {timeout:.0f} s"))
+                return len(names) - 1
+            if names[current] not in outcomes:
                 outcomes[names[current]] = Outcome(HUNG, f"the decoder hung on this file (no answer in {timeout:.0f} s)")
-            return max(current, start)
+            return current
         if line is None:
             returncode = child.wait()
             if current < start:  # died before its first file: nothing to blame, so do not start it again and again
@@ -104,6 +108,7 @@ def _child() -> None:
     from tl.errors import TLError
 
     names = json.loads(sys.stdin.read())
+    sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not kill the report
     out = sys.stdout
     for index, name in enumerate(names):
         out.write(f"S {index}\n")

@@ -119,10 +119,11 @@ def prepare(cfg, out: Path, *, seed: int = 0, short_side: int = 256, num_proc: i
                 _rows, features=features, cache_dir=str(work / "cache"), num_proc=procs if procs > 1 else None,
                 split=datasets.NamedSplit(SPLIT_NAMES[name]), keep_in_memory=False,
                 gen_kwargs={"datasets": [dataset] * procs, "shards": shards, "short_side": short_side, "unreadable_file": notes})
+        unreadable = sorted(line.rstrip("\n") for file in work.glob("unreadable.*") for line in open(file))
         if not len(parts["train"]):
+            (out / UNREADABLE).write_text("".join(f"{line}\n" for line in unreadable))  # the list the hint points to
             raise TLError(f"--data-dir: no readable training image under {cfg.data_dir}", f"see {out / UNREADABLE}")
         datasets.DatasetDict(parts).save_to_disk(str(out), num_proc=num_proc if num_proc > 1 else None)
-        unreadable = sorted(line.rstrip("\n") for file in work.glob("unreadable.*") for line in open(file))
     finally:
         parts.clear()  # release the cache files' memory maps before they are removed
         shutil.rmtree(work, ignore_errors=True)

@@ -122,8 +122,11 @@ def predict_command(
     from rich.table import Table
 
     from tl.data.decode import read_image
+    from tl.data.transforms import decode_short_side
     from tl.progress import console, out_console
 
+    if top_k < 1:
+        raise TLError("--top-k: must be at least 1", "the number of classes shown per image")
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise TLError(f"no such file: {', '.join(missing[:3])}", "pass image files; for a folder use `tl predict-dir`")
@@ -132,7 +135,7 @@ def predict_command(
     transform, answers, out = predictor.transform(), [], out_console()
     for path in images:
         try:
-            image = transform(read_image(path))
+            image = transform(read_image(path, decode_short_side(transform)))  # decoded as predict-dir decodes
         except Exception as exc:  # a TLError from the decoder, or a transform failing on a degenerate image
             reason = exc.message if isinstance(exc, TLError) else f"cannot use image {path}: {type(exc).__name__}: {exc}"
             console.print(f"{path}: {reason}", style="red", highlight=False, markup=False, soft_wrap=True)  # stderr, also with --json

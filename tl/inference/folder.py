@@ -182,28 +182,30 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
             marker.write(loader_batch * (workers * (prefetch or 0) + 2) * accelerator.num_processes)
         progress = EpochProgress(description="predict", total=len(loader), enabled=accelerator.is_main_process,
                                  every=max(1, len(loader) // 10))
-        with torch.inference_mode(), decoder_crash_is_an_error(out):
-            for step, (batch, indices, errors) in enumerate(loader, start=1):
-                batch = batch.to(device, non_blocking=True)
-                probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)
-                                   for part in batch.split(batch_size)])
-                local_errors = [(int(i), e) for i, e in zip(indices, errors) if e]
-                indices, probs = accelerator.gather_for_metrics((indices, probs))
-                error_of = dict(gather_object(local_errors))  # every process gets every message (a padded repeat is harmless)
-                summary.predicted += len(indices)
-                summary.failed += sum(int(i) in error_of for i in indices)
-                if handle is not None:
-                    for index, row in zip(indices.tolist(), probs.cpu().tolist()):
-                        writer.writerow(csv_row(relative[pending[index]], row, names, top_k, error_of.get(index, ""),
-                                                min_confidence=min_confidence, unknown_label=unknown_label))
-                    handle.flush()  # a killed run loses only the batch in flight
-                if progress.wants_stats(step):
-                    progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")
-                else:
-                    progress.update(step)
-        progress.close()
-        if dataset._pool is not None:
-            dataset._pool.shutdown()
+        try:
+            with torch.inference_mode(), decoder_crash_is_an_error(out):
+                for step, (batch, indices, errors) in enumerate(loader, start=1):
+                    batch = batch.to(device, non_blocking=True)
+                    probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)
+                                       for part in batch.split(batch_size)])
+                    local_errors = [(int(i), e) for i, e in zip(indices, errors) if e]
+                    indices, probs = accelerator.gather_for_metrics((indices, probs))
+                    error_of = dict(gather_object(local_errors))  # every process gets every message (a padded repeat is harmless)
+                    summary.predicted += len(indices)
+                    summary.failed += sum(int(i) in error_of for i in indices)
+                    if handle is not None:
+                        for index, row in zip(indices.tolist(), probs.cpu().tolist()):
+                            writer.writerow(csv_row(relative[pending[index]], row, names, top_k, error_of.get(index, ""),
+                                                    min_confidence=min_confidence, unknown_label=unknown_label))
+                        handle.flush()  # a killed run loses only the batch in flight
+                    if progress.wants_stats(step):
+                        progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")
+                    else:
+                        progress.update(step)
+        finally:  # also when a decoder crashed: a notebook keeps running, its threads must not
+            progress.close()
+            if dataset._pool is not None:
+                dataset._pool.shutdown()
     if handle is not None:
         handle.close()
         marker.clear()  # finished: nothing was in flight

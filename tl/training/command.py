@@ -115,14 +115,15 @@ def command(
 
       accelerate launch -m tl.train --arch mobilenet_v3_small --dataset synthetic --epochs 3 --out runs/demo
     """
-    from tl.training.options import from_config, resolve, to_config, to_yaml
+    from tl.training.options import parse_option, resolve, to_config, to_yaml
 
     typed = {name: value for name, value in ctx.params.items()
              if name not in ("config", "print_config")
              and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}  # typer vendors click: compare names
-    cfg = to_config(resolve(typed, config))
-    if print_config:
-        print(to_yaml(from_config(cfg)), end="")
+    options = resolve(typed, config)
+    cfg = to_config(options)  # validated either way
+    if print_config:  # as given, not resolved: `weights: auto` stays auto, so the recipe adapts to its dataset
+        print(to_yaml({name: parse_option(name, value) for name, value in options.items()}), end="")
         return
     from tl.training.api import train_config
 

@@ -24,7 +24,9 @@ RGB_OPTIONS = ("mean", "std")
 
 def defaults() -> dict[str, Any]:
     """Every option with its default, in config order."""
-    return {name: value for section in TrainConfig().to_dict().values() for name, value in section.items()}
+    # From the field declarations, not TrainConfig(): that resolves `weights: auto` for its default dataset.
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
 
 
 def flag(name: str) -> str:
@@ -89,12 +91,36 @@ def read_recipe(path: Path) -> dict[str, Any]:
         raw = raw["config"]
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key.replace("-", "_")] = value
+        pairs = value.items() if key in SECTIONS and isinstance(value, dict) else [(key, value)]
+        for name, item in pairs:
+            if not isinstance(name, str):
+                raise TLError(f"--config {path}: {name!r} is not an option name", "keys are option names such as lr or head_hidden")
+            flat[name.replace("-", "_")] = item
     check_names(list(flat), f"--config {path}")
-    return flat
+    return {name: _typed(name, value, path) for name, value in flat.items()}
+
+
+_FIELD_TYPES = {f.name: str(f.type) for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+
+
+def _typed(name: str, value: Any, path: Path) -> Any:
+    """A recipe value as its field's type. YAML reads ``1e-3`` (no dot) as a string, and a hand-written file can hold
+    anything: a value that cannot be converted is one line naming the key."""
+    kind = _FIELD_TYPES[name]
+    if value is None or not isinstance(value, str) or kind.startswith("str") or name in RGB_OPTIONS:
+        if kind == "bool" and not isinstance(value, bool):
+            raise TLError(f"--config {path}: {name} must be true or false, got {value!r}")
+        return value
+    try:
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("bool"):
+            return {"true": True, "false": False, "yes": True, "no": False}[value.lower()]
+    except (ValueError, KeyError):
+        raise TLError(f"--config {path}: {name} must be a {kind.split()[0]}, got {value!r}", f"e.g. {name}: {defaults()[name]}")
+    return value
 
 
 def to_yaml(options: dict[str, Any]) -> str:

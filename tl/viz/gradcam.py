@@ -202,6 +202,7 @@ def command(
     import torch
 
     from tl.data.decode import read_image
+    from tl.data.transforms import decode_short_side
     from tl.inference.predictor import load_predictor, probabilities
     from tl.viz import require_matplotlib, to_image
 
@@ -219,7 +220,7 @@ def command(
     check_layer(model, layer)
     transform, written = predictor.transform(), []
     for path in images:
-        x = transform(read_image(path)).unsqueeze(0)
+        x = transform(read_image(path, decode_short_side(transform))).unsqueeze(0)
         classes = torch.tensor([chosen]) if chosen is not None else None
         cams, _ = gradcam(model, x, layer, classes)
         with torch.inference_mode():
