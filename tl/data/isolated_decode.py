@@ -78,22 +78,13 @@ def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str]
         except queue.Empty:
             child.kill()
             child.wait()
-            if current < start:  # no file announced yet: the process itself did not start in time, not a file's fault
-                for name in names[start:]:
-                    outcomes.setdefault(name, Outcome(BUG, f"the decoding process did not start in {timeout:.0f} s"))
-                return len(names) - 1
-            if names[current] not in outcomes:
-                outcomes[names[current]] = Outcome(HUNG, f"the decoder hung on this file (no answer in {timeout:.0f} s)")
-            return current
+            return _settle(names, start, current, outcomes,
+                           Outcome(HUNG, f"the decoder hung on this file (no answer in {timeout:.0f} s)"),
+                           f"the decoding process did not start in {timeout:.0f} s")
         if line is None:
-            returncode = child.wait()
-            if current < start:  # died before its first file: nothing to blame, so do not start it again and again
-                for name in names[start:]:
-                    outcomes.setdefault(name, Outcome(BUG, f"the decoding process failed to start ({_signal_name(returncode)})"))
-                return len(names) - 1
-            if names[current] not in outcomes:
-                outcomes[names[current]] = Outcome(CRASHED, f"the decoder crashed on this file ({_signal_name(returncode)})")
-            return current
+            stopped = _signal_name(child.wait())
+            return _settle(names, start, current, outcomes, Outcome(CRASHED, f"the decoder crashed on this file ({stopped})"),
+                           f"the decoding process failed to start ({stopped})")
         kind, _, rest = line.rstrip("\n").partition(" ")
         index, _, detail = rest.partition(" ")
         position = start + int(index)
@@ -101,6 +92,19 @@ def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str]
             current = position
         else:
             outcomes[names[position]] = Outcome({"O": OK, "E": UNREADABLE, "B": BUG}[kind], detail)
+
+
+def _settle(names: list[str], start: int, current: int, outcomes: dict[str, Outcome], culprit: Outcome,
+            not_started: str) -> int:
+    """After the child stopped (died or hung): the file it announced last gets ``culprit`` and the next child starts
+    after it. Before any file was announced there is nothing to blame, and starting it again would not help: the
+    remaining files are reported with ``not_started``. Returns the index of the last file settled."""
+    if current < start:
+        for name in names[start:]:
+            outcomes.setdefault(name, Outcome(BUG, not_started))
+        return len(names) - 1
+    outcomes.setdefault(names[current], culprit)
+    return current
 
 
 def _child() -> None:

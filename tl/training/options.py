@@ -69,9 +69,6 @@ def to_config(options: dict[str, Any], where: str = "tl train") -> TrainConfig:
     return TrainConfig(**{section: SECTIONS[section](**values) for section, values in sections.items()})
 
 
-def from_config(cfg: TrainConfig) -> dict[str, Any]:
-    return {name: value for section in cfg.to_dict().values() for name, value in section.items()}
-
 
 def read_recipe(path: Path) -> dict[str, Any]:
     """Options from a YAML or JSON file: flat (``lr: 0.01``), nested by section, or a run's ``config.json``."""
