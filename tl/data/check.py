@@ -143,7 +143,7 @@ def _file_root(parts: list[tuple[str, Any]], cfg) -> Path | None:
     return Path(os.path.commonpath([str(p.parent.parent) for _, data in parts for p, _ in data.samples]))
 
 
-def _hash_same_sizes(found: list[dict[str, Any]]) -> None:
+def hash_same_sizes(found: list[dict[str, Any]]) -> None:
     """--quick reads no file whole: only files whose byte counts collide can be duplicates, so hash just those."""
     by_size = defaultdict(list)
     for item in found:
@@ -183,7 +183,7 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
         loader = DataLoader(probes, batch_size=32, num_workers=workers, collate_fn=_batch_as_list)
         found = [item for batch in loader for item in batch]
     if quick:
-        _hash_same_sizes(found)
+        hash_same_sizes(found)
 
     problems = [(f["key"], f["problem"]) for f in found if f.get("problem")]
     by_digest = defaultdict(list)

@@ -90,7 +90,7 @@ def threshold_for(confidence: "torch.Tensor", correct: "torch.Tensor", target: f
     return {"target": target, "threshold": None}
 
 
-def _run_dir(checkpoint: Path) -> Path:
+def run_dir_of(checkpoint: Path) -> Path:
     """RUN for RUN, RUN/best or RUN/best/model.safetensors."""
     folder = checkpoint.parent if checkpoint.is_file() else checkpoint
     for candidate in (folder, folder.parent):
@@ -129,12 +129,12 @@ def load_data(checkpoint: Path, *, data_dir: Path | None = None):
 
     check_checkpoint_path(checkpoint)
     meta = read_meta(checkpoint)
-    record = json.loads((_run_dir(checkpoint) / "config.json").read_text())
+    record = json.loads((run_dir_of(checkpoint) / "config.json").read_text())
     cfg = TrainConfig.from_dict(record["config"])
     if data_dir is not None:
         cfg.data.data_dir = str(data_dir)
     tf = eval_transform(size=meta["input_size"], resize=meta["resize_size"], mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    manifest = _run_dir(checkpoint) / MANIFEST  # the run's own split: its test images are ones training never saw
+    manifest = run_dir_of(checkpoint) / MANIFEST  # the run's own split: its test images are ones training never saw
     data = build_datasets(cfg.data, seed=cfg.run.seed, train_tf=tf, eval_tf=tf, manifest=manifest if manifest.is_file() else None)
     if list(data.class_names) != list(meta["class_names"]):
         raise TLError(f"the data's classes {data.class_names[:4]} differ from the checkpoint's {meta['class_names'][:4]}",
@@ -249,7 +249,7 @@ def command(
         raise TLError(f"--target-accuracy: must be in (0, 1], got {target_accuracy}", "e.g. --target-accuracy 0.98")
     result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
                                  precision=precision.value, target_accuracy=target_accuracy)
-    out = out or _run_dir(checkpoint) / "eval.json"
+    out = out or run_dir_of(checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     confusion_csv = out.with_name(out.stem + "_confusion.csv")
     write_confusion_csv(confusion_csv, result["confusion_matrix"], [c["class"] for c in result["per_class"]])

@@ -147,12 +147,12 @@ def duplicate_conflicts(parts: dict[str, object], class_names: list[str]) -> lis
     """Files with the same bytes under two or more classes, in any split (image files only; other data: none)."""
     import os
 
-    from tl.data.check import _hash_same_sizes  # check-data's hashing: only files whose byte counts collide are read
+    from tl.data.check import hash_same_sizes  # check-data's hashing: only files whose byte counts collide are read
 
     items = [{"path": str(path), "nbytes": os.path.getsize(path), "split": split, "label": label, "index": i}
              for split, data in parts.items() for i, (path, label) in enumerate(getattr(data, "samples", None) or [])
              if os.path.isfile(path)]
-    _hash_same_sizes(items)
+    hash_same_sizes(items)
     groups = defaultdict(list)
     for item in items:
         if item.get("digest"):
@@ -274,9 +274,9 @@ def command(
     checkpoint = run / "best" if (run / "best").is_dir() else run
     rows, datasets, meta = find_suspects(checkpoint, split, top=top, folds=folds, data_dir=data_dir, batch_size=batch_size,
                                          num_workers=num_workers, precision=precision.value)
-    from tl.inference.evaluate import _run_dir
+    from tl.inference.evaluate import run_dir_of
 
-    out = out or _run_dir(checkpoint) / "suspects.csv"
+    out = out or run_dir_of(checkpoint) / "suspects.csv"
     write_csv(out, rows)
     png = picture(out.with_suffix(".png"), rows, datasets, meta)
     table = Table(title=f"tl suspects: {split.value}, {folds}-fold cross-fit", title_justify="left")

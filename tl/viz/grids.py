@@ -215,10 +215,10 @@ def pick_predictions(predictor, dataset, *, n: int, errors_only: bool, seed: int
 
 def default_out(checkpoint: Path, name: str) -> Path:
     """RUN/name for a checkpoint of a run (not inside RUN/best, which the next save replaces); else ./name."""
-    from tl.inference.evaluate import _run_dir
+    from tl.inference.evaluate import run_dir_of
 
     try:
-        return _run_dir(checkpoint) / name
+        return run_dir_of(checkpoint) / name
     except TLError:  # an exported bundle has no run around it
         return Path(name)
 
