@@ -105,3 +105,68 @@ def test_a_damaged_large_jpeg_gives_the_answer_the_full_decoder_gives(big_jpeg, 
             except TLError:
                 outcomes.append("unreadable")
         assert (outcomes[0] == "unreadable") == (outcomes[1] == "unreadable"), outcomes
+
+
+def test_training_crop_drawn_before_decoding_matches_the_full_decode(big_jpeg):
+    """CropBeforeDecode draws the box torchvision's RandomResizedCrop would draw (the same random numbers), decodes
+    at the scale that box allows, and crops the same part of the picture: the box moves by less than one decoded
+    pixel (it is rounded to the reduced grid; a random crop half a pixel over is as random), and its pixels are
+    close to the full decode's cropped at that box."""
+    from torchvision.transforms.v2 import functional as F
+
+    from tl.data.decode import read_image_region
+    from tl.data.transforms import CropBeforeDecode
+
+    transform = train_pixels(size=224, crop_scale_min=0.25)
+    crop_first = CropBeforeDecode.of(transform)
+    full = read_image(big_jpeg)
+    scales = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        params = transform.transforms[0].make_params([full])
+        torch.manual_seed(seed)
+        drawn = crop_first.draw(2000, 1500)
+        assert drawn == (params["top"], params["left"], params["height"], params["width"])
+        image, box = read_image_region(big_jpeg, lambda width, height: drawn, 224)
+        factor = full.shape[-1] / image.shape[-1]
+        scales.add(factor)
+        assert all(abs(b * factor - d) <= factor for b, d in zip(box, drawn)), (box, drawn)
+        assert min(box[2:]) >= 224  # never enlarged where the full decode would not be
+        reduced = F.resized_crop(image, *box, [224, 224], antialias=True)
+        expected = F.resized_crop(full, *(round(b * factor) for b in box), [224, 224], antialias=True)
+        assert mean_abs(expected, reduced) <= MEAN_ABS_BOUND, seed
+    assert scales - {1.0}, "no box was decoded at a reduced scale"
+
+
+def test_the_drawn_box_picks_the_scale(big_jpeg, tmp_path):
+    """A whole-picture box of a 2000x1500 JPEG needs 224 of 1500 rows: 1/4 (375 rows; 1/8 would leave 187); a box
+    of 448x448 allows 1/2; a box under 448 px a side is decoded at full size. Other formats are never scaled."""
+    from tl.data.decode import read_image_region
+
+    for box, decoded, scaled_box in [((0, 0, 1500, 2000), (375, 500), (0, 0, 375, 500)),
+                                     ((100, 200, 448, 448), (750, 1000), (50, 100, 224, 224)),
+                                     ((100, 200, 447, 600), (1500, 2000), (100, 200, 447, 600))]:
+        image, got = read_image_region(big_jpeg, lambda width, height, box=box: box, 224)
+        assert tuple(image.shape[-2:]) == decoded and got == scaled_box
+    png = tmp_path / "big.png"
+    Image.open(big_jpeg).save(png)
+    seen = []
+    image, got = read_image_region(png, lambda width, height: seen.append((width, height)) or (0, 0, 1500, 2000), 224)
+    assert seen == [(2000, 1500)] and image.size == (2000, 1500) and got == (0, 0, 1500, 2000)
+
+
+def test_training_reads_files_through_the_drawn_crop_and_the_eval_side_does_not(big_jpeg, tmp_path):
+    from tl.data.datasets import ImageFiles
+    from tl.data.transforms import CropBeforeDecode
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    train = ImageFiles([(big_jpeg, 0), (bad, 1)], ["a", "b"], train_pixels(size=224))
+    assert isinstance(train._crop_before_decode(), CropBeforeDecode)
+    torch.manual_seed(3)
+    image, label, readable = train[0]
+    torch.manual_seed(3)
+    assert torch.equal(image, CropBeforeDecode.of(train.transform)(big_jpeg)) and readable
+    assert train[1][2] is False  # an unreadable file is still a stand-in, not an error
+    evaluation = ImageFiles([(big_jpeg, 0)], ["a"], eval_pixels(size=224, resize=256))
+    assert evaluation._crop_before_decode() is None and tuple(evaluation[0][0].shape) == (3, 224, 224)

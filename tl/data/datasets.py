@@ -64,6 +64,7 @@ class ImageFiles(Dataset):
         self.targets = [label for _, label in samples]
         self.transform = transform
         self.decoded: list | None = None  # decoded images, one per sample, when tl.data.image_cache preloaded them
+        self._crop_for, self._crop = object(), None  # the transform _crop_before_decode was built for, and it
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,11 +83,22 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         cached = self.decoded[index] if self.decoded is not None else None
         try:
+            if cached is None and (crop_first := self._crop_before_decode()) is not None:
+                return crop_first(path), label, True
             image, readable = (cached if cached is not None else read_image(path, self.min_short_side)), True
         except TLError as error:
             log.warning(f"skipping unreadable image: {error.message}")
             image, readable = Image.new("RGB", (8, 8)), False
         return (self.transform(image) if self.transform else image), label, readable
+
+    def _crop_before_decode(self):
+        """``tl.data.transforms.CropBeforeDecode`` for a training transform, None for any other; built once per
+        transform (a dataset's transform may be swapped, as the feature cache does)."""
+        if self._crop_for is not self.transform:
+            from tl.data.transforms import CropBeforeDecode
+
+            self._crop_for, self._crop = self.transform, CropBeforeDecode.of(self.transform)
+        return self._crop
 
 
 def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS) -> dict[Path, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -95,15 +96,55 @@ def read_image(path: str | Path, min_short_side: int | None = None):
     at least twice that is decoded at 1/2, 1/4 or 1/8 of its size, never below it; None decodes at full size.
     """
     path = Path(path)
+    header = _read_header(path)
+    if header is None:
+        return load_rgb(path)  # gives the reason in PIL's words
+    (width, height), fast = header
+    return _decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast)
+
+
+Box = tuple[int, int, int, int]  # top, left, height, width: torchvision's crop order
+
+
+def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min_side: int):
+    """(image, box) for a crop drawn before decoding: training's random resized crop, whose box depends only on
+    the image's size. ``draw_box(width, height)`` gets the size from the file's header and returns the crop in
+    full-size pixels; a JPEG is then decoded at the largest DCT scale that leaves the crop's short side >=
+    ``min_side`` (the output side, so nothing is enlarged that the full decode would not), and the box comes back
+    in the decoded image's pixels. A 224 px crop from a 2048x1536 photo: 1/4 for most crops, 1/2 for the
+    smallest, where the transform's worst case (``read_image(path, 518)``) allows 1/2 for all.
+    The same errors as ``read_image``; ``draw_box`` is called once for every readable file, so the random
+    numbers drawn are the ones a full decode followed by the crop would draw."""
+    path = Path(path)
+    header = _read_header(path)
+    image = load_rgb(path) if header is None else None
+    (width, height), fast = header if header is not None else (image.size, False)
+    top, left, box_height, box_width = draw_box(width, height)
+    if image is None:
+        image = _decode(path, jpeg_scale(box_width, box_height, min_side) if fast else 1, fast)
+    decoded_height, decoded_width = image.shape[-2:] if hasattr(image, "shape") else image.size[::-1]
+    if (decoded_width, decoded_height) == (width, height):
+        return image, (top, left, box_height, box_width)
+    sy, sx = decoded_height / height, decoded_width / width
+    top, left = min(round(top * sy), decoded_height - 1), min(round(left * sx), decoded_width - 1)
+    return image, (top, left, max(1, min(round(box_height * sy), decoded_height - top)),
+                   max(1, min(round(box_width * sx), decoded_width - left)))
+
+
+def _read_header(path: Path) -> tuple[tuple[int, int], bool] | None:
+    """((width, height), libjpeg-turbo can decode it) from the header alone; None when PIL cannot even open it.
+    Too many pixels raises here, before a byte is decoded."""
     try:
         with Image.open(path) as header:  # reads the header only
             _check_pixels(header, path)
-            fast = header.format == "JPEG" and header.mode in ("RGB", "L")
-            scale = jpeg_scale(*header.size, min_short_side) if fast else 1
+            return header.size, header.format == "JPEG" and header.mode in ("RGB", "L")
     except TLError:
         raise
     except Exception:
-        return load_rgb(path)  # gives the reason in PIL's words
+        return None
+
+
+def _decode(path: Path, scale: int, fast: bool):
     if scale > 1:
         image = _decode_jpeg_scaled(path, scale)
         if image is not None:

@@ -36,6 +36,39 @@ def decode_short_side(transform: Callable | None) -> int | None:
     return None
 
 
+class CropBeforeDecode:
+    """A transform that starts with ``RandomResizedCrop``, run on a file path with the crop drawn before decoding:
+    its box depends only on the image's size, which the header gives, so a large JPEG is decoded at the DCT scale
+    that box allows (``tl.data.decode.read_image_region``) rather than the worst case of every box
+    (``decode_short_side``). The box is drawn with torchvision's own ``RandomResizedCrop.get_params`` (the same
+    random numbers, in the same order, as the transform would draw on the full image), then cropped and resized
+    with the transform's interpolation, and the remaining steps run as before."""
+
+    def __init__(self, crop: v2.RandomResizedCrop, rest: Callable) -> None:
+        self.crop, self.rest = crop, rest
+
+    @classmethod
+    def of(cls, transform: Callable | None) -> "CropBeforeDecode | None":
+        steps = getattr(transform, "transforms", None)
+        if steps and type(steps[0]) is v2.RandomResizedCrop:
+            return cls(steps[0], v2.Compose(list(steps[1:])))
+        return None
+
+    def draw(self, width: int, height: int) -> tuple[int, int, int, int]:
+        from torchvision.transforms import RandomResizedCrop
+
+        size_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(1, height, width)  # no pixels behind it
+        return RandomResizedCrop.get_params(size_only, list(self.crop.scale), list(self.crop.ratio))
+
+    def __call__(self, path) -> torch.Tensor:
+        from tl.data.decode import read_image_region
+
+        image, (top, left, height, width) = read_image_region(path, self.draw, max(self.crop.size))
+        cropped = v2.functional.resized_crop(image, top, left, height, width, list(self.crop.size),
+                                             interpolation=self.crop.interpolation, antialias=self.crop.antialias)
+        return self.rest(cropped)
+
+
 def _to_normalized_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[Callable]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
