@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, cli, read_metrics
+from tests.conftest import RGB_CLASSES, ROOT, TINY, cli, make_image_folder, read_metrics, write_image
 from tl.errors import EXIT_REQUEUE
 from tl.models.checkpoint import checkpoint_state
 
@@ -122,3 +123,28 @@ def test_resume_keeps_the_precision_the_run_recorded(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"config": {"run": {"mixed_precision": "no"}}}))
     assert recorded_precision(tmp_path, "auto") == "no"
     assert recorded_precision(tmp_path / "missing", "auto") == "auto"
+
+
+def test_a_fresh_run_lists_the_folder_again_after_an_attempt_that_finished_no_epoch(tmp_path):
+    """An attempt that died in its first epoch leaves OUT/split.json with its file list; the next plain run into
+    that --out is a fresh run and must see the folder as it is now, while a split made by `tl split --out` stays."""
+    from tl.config import DataConfig
+    from tl.data.datasets import build_datasets
+
+    root = make_image_folder(tmp_path / "data", RGB_CLASSES, 4)
+    out = tmp_path / "run"
+    build_datasets(DataConfig(dataset="imagefolder", data_dir=str(root)), seed=0, train_tf=None, eval_tf=None,
+                   manifest=out / "split.json")  # what the dead attempt wrote before its first step
+    for i in range(3):
+        write_image(root / "train" / "red" / f"added{i}.png", (220, 30, 30))
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", root, "--epochs", "1", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    recorded = json.loads((out / "split.json").read_text())["splits"]
+    assert sum("added" in key for key in recorded["train"]) == 3 and "an earlier attempt" in result.stderr
+
+    pinned = tmp_path / "pinned"
+    assert cli("split", make_image_folder(tmp_path / "flat", RGB_CLASSES, 6, splits=("",)), "--out", pinned).exit_code == 0
+    made = json.loads((pinned / "split.json").read_text())["splits"]
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "flat", "--epochs", "1", "--out", pinned)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((pinned / "split.json").read_text())["splits"] == made

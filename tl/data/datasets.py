@@ -166,7 +166,7 @@ def _from_file_list(manifest: Path | None, root: Path,
     """Class names and each split's samples from the file list cached in a run's manifest; None without one.
     The recorded sizes go into ``sizes`` when the list still looks current (``splits.current_sizes``), so the
     fingerprint needs no stat per file; otherwise every file is stat'ed, as before."""
-    cached = cached_file_list(manifest)
+    cached = cached_file_list(manifest, root)
     if cached is None:
         return None
     classes, keyed, facts = cached
@@ -187,7 +187,7 @@ def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts
     known = all(p in sizes for samples in parts.values() for p, _ in samples)
     cache_file_list(manifest, classes, keyed,
                     {name: [sizes[p] for p, _ in parts[name]] for name in keyed} if known else None,
-                    folder_times(root, keyed) if known else None)
+                    folder_times(root, keyed) if known else None, root)
 
 
 def check_every_class(classes: list[str], splits: dict[str, list[tuple[Path, int]]]) -> None:

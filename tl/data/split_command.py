@@ -54,7 +54,7 @@ def make_split(folder: Path, out: Path, *, fractions: tuple[float, float, float]
     from tl.config import DataConfig
     from tl.data import flags
     from tl.data.datasets import build_datasets
-    from tl.data.splits import MANIFEST
+    from tl.data.splits import MANIFEST, pin
 
     if not folder.is_dir():
         raise TLError(f"{folder} is not a folder", "pass a folder with one sub-folder per class")
@@ -73,6 +73,7 @@ def make_split(folder: Path, out: Path, *, fractions: tuple[float, float, float]
     _, val, test = fractions
     cfg = DataConfig(dataset="imagefolder", data_dir=str(folder), val_fraction=val, test_fraction=test)
     build_datasets(cfg, seed=seed, train_tf=flags.keep, eval_tf=flags.keep, manifest=manifest)
+    pin(manifest, "tl split")  # a run started in --out keeps this split
     parts = json.loads(manifest.read_text())["splits"]
     ways = Counter(link(folder / key, out / part / key) for part, keys in parts.items() for key in keys) if materialize else Counter()
     return parts, ways

@@ -4,9 +4,13 @@ A dataset without an official split (Caltech-101, a flat folder of class folders
 the split is written to ``OUT/split.json`` and read back on resume, by ``tl eval`` and by anyone
 reproducing the run, so the test images stay the ones training never saw.
 
-The manifest also caches a folder dataset's file list (class names and each split's files with their labels):
-a run that has one does not walk the folder again, which on a network file system with hundreds of thousands
-of files is the slow part. Manifests without that cache (older runs) are read as before.
+The manifest also caches a folder dataset's file list (class names and each split's files with their labels, and
+the folder it was made from): a run that has one does not walk the folder again, which on a network file system
+with hundreds of thousands of files is the slow part. Manifests without that cache (older runs) are read as before.
+
+A manifest written on purpose for a run that has not started (``tl split --out``, ``tl reproduce``) is *pinned*:
+a fresh run keeps it. An unpinned one in a fresh run's --out was left by an attempt that died before its first
+epoch and is replaced (``tl.training.run``): its files may have changed since.
 """
 
 from __future__ import annotations
@@ -56,7 +60,14 @@ def split_with_manifest(keys: list[str], labels: list[int], *, val_fraction: flo
         if missing:
             raise TLError(f"{manifest} lists {len(missing)} file(s) that are gone (e.g. {missing[0]})",
                           "restore them, or start a new run in another --out to make a new split")
-        return {name: [position[k] for k in part] for name, part in recorded["splits"].items()}
+        splits = {name: [position[k] for k in part] for name, part in recorded["splits"].items()}
+        left_out = len(keys) - sum(map(len, splits.values()))
+        if left_out > 0:
+            from tl.progress import log
+
+            log.warning(f"data: {left_out} file(s) are not in the split recorded in {manifest} and are left out "
+                        f"(to include them: a new run in another --out, or delete that file)")
+        return splits
     splits = three_way(labels, val_fraction, test_fraction, seed)
     if manifest is not None:
         _write(manifest, {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
@@ -71,14 +82,31 @@ def _write(manifest: Path, record: dict) -> None:
     tmp.replace(manifest)
 
 
+def pin(manifest: Path, by: str) -> None:
+    """Mark ``manifest`` as made on purpose for a run that has not started (``by``: the command), so that run keeps it."""
+    record = json.loads(manifest.read_text())
+    record["pinned_by"] = by
+    _write(manifest, record)
+
+
+def is_pinned(manifest: Path) -> bool:
+    try:
+        return bool(json.loads(manifest.read_text()).get("pinned_by"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tuple[str, int]]],
-                    sizes: dict[str, list[int]] | None = None, folders: dict[str, int] | None = None) -> None:
+                    sizes: dict[str, list[int]] | None = None, folders: dict[str, int] | None = None,
+                    root: Path | None = None) -> None:
     """Record the class names and each split's (relative path, label) pairs in ``manifest`` (added to a split
     already recorded there), with each file's size and each folder's mtime (ns) when given: the data
     fingerprint of a later build comes from them without a stat per file (see ``tl.data.datasets``)."""
     record = json.loads(manifest.read_text()) if manifest.is_file() else {}
     record["splits"] = {name: [key for key, _ in pairs] for name, pairs in parts.items()}
     record["files"] = {"classes": classes, "labels": {name: [label for _, label in pairs] for name, pairs in parts.items()}}
+    if root is not None:
+        record["files"]["root"] = str(root.resolve())
     if sizes is not None and folders is not None:
         record["files"] |= {"sizes": sizes, "folders": folders}
     try:
@@ -87,15 +115,18 @@ def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tu
         pass
 
 
-def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]], dict | None] | None:
+def cached_file_list(manifest: Path | None, root: Path | None = None) -> tuple[list[str], dict[str, list[tuple[str, int]]], dict | None] | None:
     """(class names, {split: [(relative path, label)]}, facts) cached in ``manifest``; None when it has no file
-    list. ``facts``: {"sizes": {split: [bytes]}, "folders": {relative folder: mtime_ns}}, None in older manifests."""
+    list, or one made from another folder than ``root``. ``facts``: {"sizes": {split: [bytes]}, "folders":
+    {relative folder: mtime_ns}}, None in older manifests."""
     if manifest is None or not manifest.is_file():
         return None
     record = json.loads(manifest.read_text())
     files = record.get("files")
     if not files:
         return None
+    if root is not None and files.get("root") not in (None, str(root.resolve())):
+        return None  # another --data-dir: list it again (the recorded split still applies to the new list)
     facts = {"sizes": files["sizes"], "folders": files["folders"]} if "sizes" in files and "folders" in files else None
     return files["classes"], {name: list(zip(keys, files["labels"][name])) for name, keys in record["splits"].items()}, facts
 

@@ -18,7 +18,7 @@ def command(
 ) -> None:
     """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
     from tl.config import TrainConfig
-    from tl.data.splits import MANIFEST
+    from tl.data.splits import MANIFEST, pin
     from tl.training.run import run
 
     config_file = run_dir / "config.json"
@@ -32,4 +32,5 @@ def command(
     if manifest.is_file():  # the same train/val/test split, not a new one
         Path(cfg.run.out).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(manifest, Path(cfg.run.out) / MANIFEST)
+        pin(Path(cfg.run.out) / MANIFEST, "tl reproduce")
     run(cfg, expect_fingerprint=record.get("data_fingerprint"))

@@ -22,7 +22,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from accelerate.utils import set_seed
 
     from tl import runtime
-    from tl.data import gpu_augment, image_cache
+    from tl.data import gpu_augment, image_cache, splits
     from tl.data.datasets import EpochSeeded, build_datasets
     from tl.data.splits import MANIFEST
     from tl.data.transforms import DeviceNormalize, batch_mix, eval_transform, train_pixels, train_transform
@@ -60,8 +60,12 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
                 train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
-        if cfg.run.overwrite and not candidates and accelerator.is_main_process:
-            (out / MANIFEST).unlink(missing_ok=True)  # the replaced run's split must not be reused
+        if not candidates and accelerator.is_main_process and (out / MANIFEST).is_file() and not splits.is_pinned(out / MANIFEST):
+            # A replaced run's split, or one an attempt left that died before its first epoch: its files may have
+            # changed since. A split made for this run (tl split --out, tl reproduce) is pinned and kept.
+            (out / MANIFEST).unlink()
+            if not cfg.run.overwrite:
+                log.info(f"data: {out / MANIFEST} of an earlier attempt that finished no epoch is replaced by a new listing")
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
