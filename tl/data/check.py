@@ -264,7 +264,7 @@ def print_report(report: dict[str, Any]) -> int:
 
 
 def command(
-    dataset: flags.Dataset = "synthetic",
+    dataset: flags.Dataset = None,
     data_dir: flags.DataDir = None,
     val_fraction: flags.ValFraction = None,
     test_fraction: flags.TestFraction = None,

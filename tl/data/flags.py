@@ -2,6 +2,7 @@
 
 Names, help and defaults follow ``tl train``'s Data panel, so a data command line moves between the three
 unchanged: ``tl check-data --dataset imagefolder --data-dir D`` checks exactly what ``tl train ... --data-dir D`` reads.
+A ``--data-dir`` without ``--dataset`` is read as ``tl.data.infer`` says, in every command alike.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from tl.config import DataConfig
+from tl.data.infer import resolve_dataset
 
 if TYPE_CHECKING:
     from tl.data.datasets import DatasetBundle
 
 DATA = "Data"
 
-Dataset = Annotated[str, typer.Option(help="synthetic | imagefolder | cifar10 | caltech101 | hf:<hub id or save_to_disk folder>.", rich_help_panel=DATA)]
+DATASET_HELP = ("synthetic | imagefolder | cifar10 | caltech101 | hf:<hub id or save_to_disk folder>. Default: inferred from "
+                "--data-dir (a save_to_disk folder: hf:, cifar-10-batches-py/: cifar10, 101_ObjectCategories/: caltech101, "
+                "else imagefolder)")
+Dataset = Annotated[Optional[str], typer.Option(help=DATASET_HELP + "; without --data-dir, synthetic.", rich_help_panel=DATA, show_default=False)]
 DataDir = Annotated[Optional[Path], typer.Option(help="Folder with train/<class>/ and val/<class>/ (or one folder per class).", rich_help_panel=DATA)]
 ValFraction = Annotated[Optional[float], typer.Option(help="Share held out for validation where the data has no val split (as tl train).", rich_help_panel=DATA)]
 TestFraction = Annotated[Optional[float], typer.Option(help="Share held out for testing where tl makes the split (as tl train).", rich_help_panel=DATA)]
@@ -31,10 +36,12 @@ BatchSize = Annotated[int, typer.Option(help="Images per loader batch.", rich_he
 NumWorkers = Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.", rich_help_panel=DATA)]
 
 
-def data_config(*, dataset: str, data_dir: Optional[Path], val_fraction: Optional[float], test_fraction: Optional[float],
+def data_config(*, dataset: Optional[str], data_dir: Optional[Path], val_fraction: Optional[float], test_fraction: Optional[float],
                 download: bool, image_column: Optional[str], label_column: Optional[str], caltech_background: bool,
-                batch_size: int, num_workers: int) -> DataConfig:
-    """The flags as tl train would read them (validated, errors naming the flag)."""
+                batch_size: int, num_workers: int, fallback: str = DataConfig.dataset) -> DataConfig:
+    """The flags as tl train would read them (validated, errors naming the flag); no ``dataset``: inferred from
+    ``data_dir`` as tl train infers it, ``fallback`` without either."""
+    dataset = resolve_dataset(dataset, data_dir, fallback=fallback)
     return DataConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, val_fraction=val_fraction,
                       test_fraction=test_fraction, download=download, image_column=image_column, label_column=label_column,
                       caltech_background=caltech_background, batch_size=batch_size, num_workers=num_workers)

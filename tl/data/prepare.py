@@ -15,7 +15,7 @@ import io
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -133,8 +133,12 @@ def prepare(cfg, out: Path, *, seed: int = 0, short_side: int = 256, num_proc: i
             "unreadable": unreadable}
 
 
+PrepareDataset = Annotated[Optional[str], typer.Option(help=flags.DATASET_HELP + "; without --data-dir, imagefolder (which needs one).",
+                                                        rich_help_panel=flags.DATA, show_default=False)]
+
+
 def command(
-    dataset: flags.Dataset = "imagefolder",
+    dataset: PrepareDataset = None,
     data_dir: flags.DataDir = None,
     out: Annotated[Path, typer.Option(help="Folder to write (save_to_disk layout): train with --dataset hf:OUT.")] = Path("prepared"),
     short_side: Annotated[int, typer.Option(help="Shrink every image to this short side (never enlarged): the resize "
@@ -158,7 +162,7 @@ def command(
     setup_logging(True)
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,
-                            caltech_background=caltech_background, batch_size=32, num_workers=0)
+                            caltech_background=caltech_background, batch_size=32, num_workers=0, fallback="imagefolder")
     result = prepare(cfg, out, seed=seed, short_side=short_side, num_proc=num_proc, overwrite=overwrite)
     for line in result["unreadable"]:
         log.warning(f"left out: {line}")

@@ -14,10 +14,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tl.data.infer import CALTECH_FOLDER, CIFAR_FOLDER, caltech_folder  # one list of layouts for reading and inferring
 from tl.errors import TLError
 
-CIFAR_FOLDER = "cifar-10-batches-py"
-CALTECH_FOLDER = "101_ObjectCategories"
 CALTECH_BACKGROUND = "BACKGROUND_Google"
 
 
@@ -66,9 +65,9 @@ def cifar10_arrays(root: Path, *, download: bool) -> tuple[np.ndarray, list[int]
 
 def caltech_root(root: Path, *, download: bool) -> Path:
     """The ``101_ObjectCategories`` folder under ``root`` (or ``root/caltech101``, torchvision's layout)."""
-    for candidate in (root / CALTECH_FOLDER, root / "caltech101" / CALTECH_FOLDER, root):
-        if candidate.name == CALTECH_FOLDER and candidate.is_dir():
-            return candidate
+    found = caltech_folder(root)
+    if found is not None:
+        return found
     if download:
         from torchvision.datasets import Caltech101
 

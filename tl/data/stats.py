@@ -43,7 +43,7 @@ def as_flags(mean: list[float], std: list[float]) -> str:
 
 
 def command(
-    dataset: flags.Dataset = "synthetic",
+    dataset: flags.Dataset = None,
     data_dir: flags.DataDir = None,
     val_fraction: flags.ValFraction = None,
     test_fraction: flags.TestFraction = None,
@@ -76,6 +76,6 @@ def command(
     train = flags.build(cfg, seed=seed, transform=unnormalised).train
     mean, std, images = channel_stats(train, batch_size=batch_size, num_workers=resolve_workers(num_workers, 1))
     skipped = len(train) - images
-    console.print(f"{images} training images of {dataset} at {size} px in {time.perf_counter() - start:.1f} s"
+    console.print(f"{images} training images of {cfg.dataset} at {size} px in {time.perf_counter() - start:.1f} s"
                   + (f" ({skipped} unreadable, left out)" if skipped else ""), highlight=False)
     print(as_flags(mean, std))  # stdout alone, so that $(tl stats ...) expands to the flags

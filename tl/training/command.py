@@ -45,7 +45,7 @@ def command(
     cut_at: Annotated[Optional[str], typer.Option(help="Take features from this earlier layer (e.g. layer3), global-pooled.", rich_help_panel=MODEL)] = ModelConfig.cut_at,
     aux_loss_weight: Annotated[float, typer.Option(help="Weight of inception_v3/googlenet auxiliary losses.", rich_help_panel=MODEL)] = ModelConfig.aux_loss_weight,
     trust_pickle: Annotated[bool, typer.Option(help="Load a --weights file that holds a pickled model (runs its code: only for files you trust).", rich_help_panel=MODEL)] = ModelConfig.trust_pickle,
-    dataset: flags.Dataset = DataConfig.dataset,
+    dataset: flags.Dataset = None,  # none given: inferred from --data-dir (tl.data.infer), else DataConfig's
     data_dir: flags.DataDir = DataConfig.data_dir,
     image_size: Annotated[Optional[int], typer.Option(help="Input size; default: the architecture's pretrained size.", rich_help_panel=DATA)] = DataConfig.image_size,
     augment: Annotated[Augment, typer.Option(help="basic: random resized crop + flip; strong: + rotation, colour jitter; trivial: + TrivialAugmentWide; none.", rich_help_panel=DATA)] = Augment(DataConfig.augment),

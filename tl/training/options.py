@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tl.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from tl.data.infer import resolve_dataset
 from tl.errors import TLError
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "finetune": FinetuneConfig, "optim": OptimConfig, "run": RunConfig}
@@ -133,6 +134,12 @@ def to_yaml(options: dict[str, Any]) -> str:
 
 
 def resolve(explicit: dict[str, Any], recipe: Path | None = None) -> dict[str, Any]:
-    """defaults < the recipe file < ``explicit`` (what the user typed, or passed as keywords)."""
+    """defaults < the recipe file < ``explicit`` (what the user typed, or passed as keywords). A ``data_dir`` with no
+    dataset from either is read as the folder it is, not as the default synthetic set; the options (and so the run's
+    config.json, which resume, ``tl eval`` and ``tl reproduce`` read) hold the dataset inferred."""
     check_names(list(explicit), "tl train")
-    return {**defaults(), **(read_recipe(recipe) if recipe else {}), **explicit}
+    from_file = read_recipe(recipe) if recipe else {}
+    options = {**defaults(), **from_file, **explicit}
+    chosen = explicit.get("dataset") or from_file.get("dataset")
+    options["dataset"] = resolve_dataset(chosen, options["data_dir"])
+    return options

@@ -111,7 +111,7 @@ def show_batch(dataset, class_names: list[str], *, n: int, seed: int, mean: Sequ
 
 
 def show_batch_command(
-    dataset: flags.Dataset = "synthetic",
+    dataset: flags.Dataset = None,
     data_dir: flags.DataDir = None,
     split: Annotated[Part, typer.Option(help="train: with training augmentation; val/test: evaluation preprocessing.", rich_help_panel=flags.DATA)] = Part.train,
     val_fraction: flags.ValFraction = None,
@@ -153,10 +153,10 @@ def show_batch_command(
                           train_tf=train_transform(**tf, augment=cfg.augment, crop_scale_min=cfg.crop_scale_min))
     chosen = {"train": data.train, "val": data.val, "test": data.test}[split.value]
     if chosen is None:
-        raise TLError(f"--split test: {dataset} has no test split here", "use --split val, or add DIR/test/<class>/ folders")
+        raise TLError(f"--split test: {cfg.dataset} has no test split here", "use --split val, or add DIR/test/<class>/ folders")
     preprocessing = f"augment {cfg.augment}" if split == Part.train else "evaluation preprocessing"
     path, count = show_batch(chosen, data.class_names, n=n, seed=seed, mean=IMAGENET_MEAN, std=IMAGENET_STD, path=out,
-                             heading=f"{dataset} {split.value}: {size} px, {preprocessing}")
+                             heading=f"{cfg.dataset} {split.value}: {size} px, {preprocessing}")
     print(f"{path}: {count} {split.value} images")
 
 

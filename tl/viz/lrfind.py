@@ -101,7 +101,7 @@ def plot_sweep(lrs: list[float], losses: list[float], suggested: float, path: Pa
 
 
 def command(
-    dataset: flags.Dataset = "synthetic",
+    dataset: flags.Dataset = None,
     data_dir: flags.DataDir = None,
     val_fraction: flags.ValFraction = None,
     test_fraction: flags.TestFraction = None,
@@ -178,6 +178,6 @@ def command(
     if len(lrs) < 3:
         raise TLError(f"the loss diverged at once (after {len(lrs)} steps)", "lower --start-lr")
     suggested = suggest(lrs, losses)
-    path = plot_sweep(lrs, losses, suggested, out, title=f"lr-find: {arch}, {chosen}, {dataset}, batch {batch_size}")
+    path = plot_sweep(lrs, losses, suggested, out, title=f"lr-find: {arch}, {chosen}, {cfg.dataset}, batch {batch_size}")
     console.print(f"{len(lrs)} steps from {lrs[0]:.1e} to {lrs[-1]:.1e} ({chosen}, {arch}); plot: {path}", highlight=False)
     print(f"suggested --lr {suggested:.1e}")
