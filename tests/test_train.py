@@ -163,3 +163,12 @@ def test_strict_turns_unreadable_images_into_an_error(image_folder, tmp_path):
     result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", image_folder, "--epochs", "1",
                  "--batch-size", "4", "--strict", "--out", tmp_path / "strict")
     assert "--strict" in str(result.exception) and "unreadable" in str(result.exception)
+
+
+def test_the_plateau_watches_the_select_by_metric():
+    from tl.training.run import watched_metric
+
+    metrics = {"val_top1": 1.0, "val_loss": 0.25, "val_balanced_accuracy": 0.5}
+    assert watched_metric(metrics, "val_top1") == 1.0
+    assert watched_metric(metrics, "val_loss") == -0.25  # a lower loss is an improvement
+    assert watched_metric(metrics, "val_balanced_accuracy") == 0.5

@@ -83,7 +83,7 @@ def command(
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.", rich_help_panel=OPTIM)] = OptimConfig.warmup_epochs,
     step_size: Annotated[int, typer.Option(help="step: epochs between decays.", rich_help_panel=OPTIM)] = OptimConfig.step_size,
     gamma: Annotated[float, typer.Option(help="step: decay factor.", rich_help_panel=OPTIM)] = OptimConfig.gamma,
-    plateau_factor: Annotated[float, typer.Option(help="plateau: factor on the lr when val top-1 stalls.", rich_help_panel=OPTIM)] = OptimConfig.plateau_factor,
+    plateau_factor: Annotated[float, typer.Option(help="plateau: factor on the lr when the --select-by metric stalls.", rich_help_panel=OPTIM)] = OptimConfig.plateau_factor,
     plateau_patience: Annotated[int, typer.Option(help="plateau: epochs without improvement before a reduction.", rich_help_panel=OPTIM)] = OptimConfig.plateau_patience,
     max_reductions: Annotated[int, typer.Option(help="plateau: stop after this many reductions (0: never).", rich_help_panel=OPTIM)] = OptimConfig.max_reductions,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", rich_help_panel=OPTIM)] = OptimConfig.label_smoothing,

@@ -40,7 +40,7 @@ def lr_factor(step: int, *, kind: str, total_steps: int, warmup_steps: int, step
 
 @dataclass
 class Plateau:
-    """Reduce the rate when validation top-1 stops improving; after ``max_reductions`` cuts, stop.
+    """Reduce the rate when the watched validation metric (``--select-by``) stops improving; after ``max_reductions`` cuts, stop.
 
     The Caltech-101 write-up's recipe (ReduceLROnPlateau on accuracy, stop after a few reductions).
     """

@@ -209,8 +209,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 if not math.isfinite(metrics.get(key, 0.0)):
                     raise TLError(f"{key} is {metrics[key]} after epoch {epoch + 1}: the weights went non-finite; "
                                   "training stopped before saving them", ctx.guard.hint)
-            if o.scheduler == "plateau" and plateau.update(metrics["val_top1"]):
-                log.info(f"val top-1 stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
+            if o.scheduler == "plateau" and plateau.update(watched_metric(metrics, cfg.run.select_by)):
+                log.info(f"{cfg.run.select_by} stopped improving: learning rate x{o.plateau_factor} ({plateau.reductions} reduction(s))")
             metrics["lr_reductions"] = plateau.reductions
             improved = not best or selection_key(metrics, cfg.run.select_by) > selection_key(best, cfg.run.select_by)
             if improved:
@@ -263,6 +263,12 @@ def selection_key(metrics: dict[str, Any], select_by: str) -> tuple[float, ...]:
     top1, loss = metrics["val_top1"], -metrics["val_loss"]
     return {"val_top1": (top1, loss), "val_loss": (loss, top1),
             "val_balanced_accuracy": (metrics.get("val_balanced_accuracy", 0.0), top1, loss)}[select_by]
+
+
+def watched_metric(metrics: dict[str, Any], select_by: str) -> float:
+    """What the plateau schedule watches, larger is better: the --select-by metric (val loss negated), so the rate
+    is cut when the metric that picks best/ stalls, not val top-1 alone."""
+    return selection_key(metrics, select_by)[0]
 
 
 def nonfinite_hint(cfg: TrainConfig, precision: str) -> str:
