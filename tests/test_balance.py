@@ -111,3 +111,15 @@ def test_balanced_sampler_run_resumed_mid_epoch_equals_uninterrupted(imbalanced,
 def test_unknown_choices_name_their_flag(flag, value, tmp_path):
     result = cli("train", "--dataset", "synthetic", flag, value, "--out", tmp_path / "run")
     assert isinstance(result.exception, TLError) and result.exception.message.startswith(flag), repr(result.exception)
+
+
+@pytest.mark.parametrize("strategy", ["linear", "full"])
+def test_the_weighted_loss_reaches_the_training_loss(imbalanced, tmp_path, strategy):
+    """--balance loss changes what is minimised: with a model that cannot move (lr 1e-9), both runs see the same
+    images and the same per-image losses, so their recorded train losses differ only by the weighting. Validation
+    is not weighted: its loss is the same. (Linear: through the cached-features path.)"""
+    common = ("--strategy", strategy, "--augment", "none", "--lr", "1e-9", "--epochs", "1", "--freeze-bn", "--head-norm", "none")
+    plain = _train(imbalanced, tmp_path / "plain", *common)[0]
+    weighted = _train(imbalanced, tmp_path / "weighted", *common, "--balance", "loss")[0]
+    assert weighted["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
+    assert abs(weighted["train_loss"] - plain["train_loss"]) > 1e-4 * abs(plain["train_loss"])
