@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, write_image
 
 
 def test_train_bench_runs_end_to_end(tmp_path):
@@ -55,3 +59,34 @@ def test_loader_bench_times_tutorial_streamed_and_prepared(tmp_path):
     for key in ("tutorial", "tl_streamed", "tl_prepared"):
         assert report[key]["images_per_s"] > 0, key
     assert report["tl_prepared"]["prepare_seconds"] > 0 and "prepared/baseline" in result.stdout
+
+
+def test_predict_bench_whole_process_runs_both_programs(tmp_path):
+    """`bench.py predict --whole-process` runs the tutorial's script and `python -m tl.predict_dir` as programs of
+    their own: each writes one CSV row per image; seconds, images/s, start-up and tl train's time are reported."""
+    images = tmp_path / "images"
+    names = [f"{folder}{i}.jpg" for folder in ("x", "y") for i in range(2 if folder == "x" else 3)]
+    for index, name in enumerate(names):
+        write_image(images / name[0] / name, (40 * index, 100, 200), size=32, seed=index)
+    out = tmp_path / "predict.json"
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "predict", "--whole-process", "--images", str(images),
+               "--repeats", "1", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tl predict-dir (python -m tl.predict_dir)" in result.stdout and "ratio (loop s / tl s)" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["ratio"] > 0  # the in-process comparison still runs
+    whole = report["whole_process"]
+    assert whole["count"] == len(names) and whole["repeats"] == 1
+    for key in ("per_image_loop", "tl_predict_dir"):
+        program = whole[key]
+        assert program["seconds"] > 0 and program["startup_seconds"] > 0, key
+        assert program["images_per_s"] == pytest.approx(len(names) / program["seconds"]), key
+        with open(program["csv"], newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert sorted(Path(row["path"]).name for row in rows) == sorted(names), key
+        assert all(float(row["p_a"]) + float(row["p_b"]) == pytest.approx(1, abs=1e-4) for row in rows), key
+    assert "tl.predict_dir" in whole["tl_predict_dir"]["command"] and "confidence" in rows[0]  # tl's CSV, not the loop's
+    assert whole["ratio"] == pytest.approx(whole["per_image_loop"]["seconds"] / whole["tl_predict_dir"]["seconds"])
+    assert whole["tl_train"]["startup_seconds"] > 0 and "tl.train" in whole["tl_train"]["command"]
