@@ -182,6 +182,7 @@ def _decode_jpeg_scaled(path: Path, scale: int):
         with Image.open(path) as image:
             width, height = image.size
             image.draft("RGB", (width // scale, height // scale))
-            return pil_to_tensor(_rgb(image))
+            image.load()
+            return pil_to_tensor(image if image.mode == "RGB" else _rgb(image))  # no copy: read inside the with
     except Exception:  # damaged: the full-size decoders give the same answer as without scaling
         return None
