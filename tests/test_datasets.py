@@ -249,18 +249,21 @@ def test_cache_images_flag_is_checked():
     assert DataConfig(cache_images="512").cache_images == "512"
 
 
-def test_a_cached_file_list_of_another_folder_is_not_used(tmp_path):
-    """The file list in a manifest names the folder it came from: another --data-dir is listed again, so its own
-    files are read, not the first folder's (with train/ and val/ folders, they are the split)."""
+def test_a_moved_folder_keeps_the_run_s_file_list_and_added_images_are_counted(tmp_path, caplog):
+    """The file list in a manifest is relative to the folder: the same folder moved elsewhere (`tl eval --data-dir
+    NEW`) keeps the run's exact split, and images added to its folders since are left out with one warning."""
+    import logging
     import shutil
 
     first_root = make_image_folder(tmp_path / "one", {"cat": (200, 40, 40), "dog": (40, 40, 200)}, 3)
     manifest = tmp_path / "run" / "split.json"
     first = _build(dataset="imagefolder", data_dir=str(first_root), manifest=manifest)
-    assert json.loads(manifest.read_text())["files"]["root"] == str(first_root.resolve())
     other = tmp_path / "two"
     shutil.copytree(first_root, other)
     write_image(other / "train" / "cat" / "late.png", (1, 2, 3))
-    again = _build(dataset="imagefolder", data_dir=str(other), manifest=manifest)
-    assert all(str(path).startswith(str(other)) for path, _ in again.train.samples)
-    assert len(again.train) == len(first.train) + 1 and other / "train" / "cat" / "late.png" in dict(again.train.samples)
+    with caplog.at_level(logging.WARNING, logger="tl"):
+        again = _build(dataset="imagefolder", data_dir=str(other), manifest=manifest)
+    relative = lambda data, root: [(path.relative_to(root), label) for path, label in data.samples]
+    assert relative(again.train, other) == relative(first.train, first_root)
+    assert relative(again.val, other) == relative(first.val, first_root)
+    assert "1 image(s) added" in caplog.text and "late.png" in caplog.text

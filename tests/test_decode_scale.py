@@ -170,3 +170,57 @@ def test_training_reads_files_through_the_drawn_crop_and_the_eval_side_does_not(
     assert train[1][2] is False  # an unreadable file is still a stand-in, not an error
     evaluation = ImageFiles([(big_jpeg, 0)], ["a"], eval_pixels(size=224, resize=256))
     assert evaluation._crop_before_decode() is None and tuple(evaluation[0][0].shape) == (3, 224, 224)
+
+
+def test_a_box_maps_to_the_reduced_grid_by_its_edges():
+    """Reduced pixel i covers full pixels [i*d, (i+1)*d), also when libjpeg rounds the reduced size up: each edge
+    moves by at most half a reduced pixel, and a side never shrinks below floor(side / d)."""
+    import random
+
+    from tl.data.decode import map_box
+
+    assert map_box((3, 5, 900, 901), (2001, 1501), (501, 376)) == (1, 1, 225, 226)
+    assert map_box((7, 9, 30, 40), (640, 480), (640, 480)) == (7, 9, 30, 40)  # full size: unchanged
+    rng = random.Random(0)
+    for _ in range(500):
+        d = rng.choice((2, 4, 8))
+        width, height = rng.randint(8 * d, 4000), rng.randint(8 * d, 3000)
+        box_height, box_width = rng.randint(d, height), rng.randint(d, width)
+        top, left = rng.randint(0, height - box_height), rng.randint(0, width - box_width)
+        decoded = (-(-width // d), -(-height // d))
+        t, l, h, w = map_box((top, left, box_height, box_width), (width, height), decoded)
+        assert abs(t * d - top) <= d / 2 and abs(l * d - left) <= d / 2
+        assert abs((t + h) * d - (top + box_height)) <= d / 2 and abs((l + w) * d - (left + box_width)) <= d / 2
+        assert h >= box_height // d and w >= box_width // d and t + h <= decoded[1] and l + w <= decoded[0]
+
+
+def test_cached_and_streamed_training_crops_are_the_same_crops(big_jpeg):
+    """The decoded-image cache holds a JPEG at the scale of the smallest crop (1/2 here); the streamed path decodes
+    at the scale of each drawn crop (1/4 for most). Both draw the box on the file's full size with the same random
+    numbers, so a run gives the same crops whether its images fit the cache or not (on another machine, resumed)."""
+    from tl.data.datasets import EpochSeeded, ImageFiles
+    from tl.data.image_cache import preload
+
+    streamed = EpochSeeded(ImageFiles([(big_jpeg, 0)] * 6, ["a"], train_pixels(size=224)), 5)
+    cached_files = ImageFiles([(big_jpeg, 0)] * 6, ["a"], train_pixels(size=224))
+    assert preload([cached_files], 1 << 30, threads=1) > 0
+    assert tuple(cached_files.decoded[0].shape) == (3, 750, 1000) and cached_files.full_sizes[0] == (2000, 1500)
+    cached = EpochSeeded(cached_files, 5)
+    for index in range(6):
+        assert mean_abs(streamed[index][0], cached[index][0]) <= MEAN_ABS_BOUND, index
+
+
+def test_a_phone_mpo_jpeg_is_decoded_like_a_jpeg(big_jpeg, tmp_path):
+    """Phones append a preview or depth image (MPF); PIL calls such a file MPO. Its first image is the photo, and
+    it takes the JPEG paths: libjpeg-turbo at full size, DCT scaling when reduced, the same pixels as PIL's."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    photo = Image.open(big_jpeg).convert("RGB")
+    mpo = tmp_path / "phone.jpg"
+    photo.save(mpo, format="MPO", save_all=True, append_images=[photo.resize((200, 150))], quality=90)
+    assert Image.open(mpo).format == "MPO"
+    full = read_image(mpo)
+    assert isinstance(full, torch.Tensor) and tuple(full.shape) == (3, 1500, 2000)
+    with Image.open(mpo) as first:
+        assert mean_abs(full, pil_to_tensor(first.convert("RGB"))) <= 1.0
+    assert tuple(read_image(mpo, 256).shape) == (3, 375, 500)

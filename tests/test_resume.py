@@ -148,3 +148,9 @@ def test_a_fresh_run_lists_the_folder_again_after_an_attempt_that_finished_no_ep
     result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "flat", "--epochs", "1", "--out", pinned)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((pinned / "split.json").read_text())["splits"] == made
+    # --overwrite replaces the finished run, its split with it (pinned or not): the new fractions are used
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", tmp_path / "flat", "--epochs", "1", "--out", pinned,
+                 "--overwrite", "--val-fraction", "0.5", "--test-fraction", "0")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    replaced = json.loads((pinned / "split.json").read_text())["splits"]
+    assert len(replaced["val"]) == 9 and not replaced.get("test")

@@ -64,6 +64,7 @@ class ImageFiles(Dataset):
         self.targets = [label for _, label in samples]
         self.transform = transform
         self.decoded: list | None = None  # decoded images, one per sample, when tl.data.image_cache preloaded them
+        self.full_sizes: list | None = None  # and each file's full (width, height): crops are drawn on it
         self._crop_for, self._crop = object(), None  # the transform _crop_before_decode was built for, and it
 
     def __len__(self) -> int:
@@ -83,8 +84,11 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         cached = self.decoded[index] if self.decoded is not None else None
         try:
-            if cached is None and (crop_first := self._crop_before_decode()) is not None:
-                return crop_first(path), label, True
+            if (crop_first := self._crop_before_decode()) is not None:
+                if cached is None:
+                    return crop_first(path), label, True
+                if self.full_sizes is not None:
+                    return crop_first.from_decoded(cached, self.full_sizes[index]), label, True
             image, readable = (cached if cached is not None else read_image(path, self.min_short_side)), True
         except TLError as error:
             log.warning(f"skipping unreadable image: {error.message}")
@@ -93,7 +97,7 @@ class ImageFiles(Dataset):
 
     def _crop_before_decode(self):
         """``tl.data.transforms.CropBeforeDecode`` for a training transform, None for any other; built once per
-        transform (a dataset's transform may be swapped, as the feature cache does)."""
+        transform (rebuilt if the dataset's transform is replaced)."""
         if self._crop_for is not self.transform:
             from tl.data.transforms import CropBeforeDecode
 
@@ -166,7 +170,7 @@ def _from_file_list(manifest: Path | None, root: Path,
     """Class names and each split's samples from the file list cached in a run's manifest; None without one.
     The recorded sizes go into ``sizes`` when the list still looks current (``splits.current_sizes``), so the
     fingerprint needs no stat per file; otherwise every file is stat'ed, as before."""
-    cached = cached_file_list(manifest, root)
+    cached = cached_file_list(manifest)
     if cached is None:
         return None
     classes, keyed, facts = cached
@@ -174,7 +178,20 @@ def _from_file_list(manifest: Path | None, root: Path,
     recorded = current_sizes(root, keyed, facts)
     if recorded is not None:
         sizes.update({path: size for name, samples in parts.items() for (path, _), size in zip(samples, recorded[name])})
+    elif facts is not None:  # a folder of the list changed: say what the list leaves out
+        _count_unlisted(root, keyed, manifest)
     return classes, parts
+
+
+def _count_unlisted(root: Path, keyed: dict[str, list[tuple[str, int]]], manifest: Path) -> None:
+    """Warn about images added to the list's folders since it was made (a resumed run or `tl eval` keeps its
+    files on purpose; a run started on a `tl split` split may not expect it). One listing of those folders."""
+    listed = {key for pairs in keyed.values() for key, _ in pairs}
+    unlisted = [relative_key(path, root) for folder in sorted({os.path.dirname(key) for key in listed})
+                for path in scan_images(root / folder) if relative_key(path, root) not in listed]
+    if unlisted:
+        log.warning(f"data: {len(unlisted)} image(s) added since {manifest} listed the files (e.g. {unlisted[0]}) are "
+                    "left out; to use them, start a new run in another --out (after `tl split --overwrite` for a split)")
 
 
 def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts: dict[str, list[tuple[Path, int]]],
@@ -187,7 +204,7 @@ def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts
     known = all(p in sizes for samples in parts.values() for p, _ in samples)
     cache_file_list(manifest, classes, keyed,
                     {name: [sizes[p] for p, _ in parts[name]] for name in keyed} if known else None,
-                    folder_times(root, keyed) if known else None, root)
+                    folder_times(root, keyed) if known else None)
 
 
 def check_every_class(classes: list[str], splits: dict[str, list[tuple[Path, int]]]) -> None:

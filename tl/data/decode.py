@@ -17,6 +17,7 @@ size 96. So PIL is used when it may scale, libjpeg-turbo through torchvision oth
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -95,12 +96,19 @@ def read_image(path: str | Path, min_short_side: int | None = None):
     ``min_short_side``: the short side the transform needs (``tl.data.transforms.decode_short_side``). A JPEG
     at least twice that is decoded at 1/2, 1/4 or 1/8 of its size, never below it; None decodes at full size.
     """
+    return read_image_sized(path, min_short_side)[0]
+
+
+def read_image_sized(path: str | Path, min_short_side: int | None = None):
+    """(``read_image``'s image, the file's full (width, height)): the decoded-image cache keeps both, so a crop
+    drawn on the full size (``read_image_region``) can be taken from its reduced copy (``map_box``)."""
     path = Path(path)
     header = _read_header(path)
     if header is None:
-        return load_rgb(path)  # gives the reason in PIL's words
+        image = load_rgb(path)  # gives the reason in PIL's words
+        return image, image.size
     (width, height), fast = header
-    return _decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast)
+    return _decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast), (width, height)
 
 
 Box = tuple[int, int, int, int]  # top, left, height, width: torchvision's crop order
@@ -111,24 +119,43 @@ def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min
     the image's size. ``draw_box(width, height)`` gets the size from the file's header and returns the crop in
     full-size pixels; a JPEG is then decoded at the largest DCT scale that leaves the crop's short side >=
     ``min_side`` (the output side, so nothing is enlarged that the full decode would not), and the box comes back
-    in the decoded image's pixels. A 224 px crop from a 2048x1536 photo: 1/4 for most crops, 1/2 for the
-    smallest, where the transform's worst case (``read_image(path, 518)``) allows 1/2 for all.
+    in the decoded image's pixels (``map_box``). A 224 px crop from a 2048x1536 photo: 1/4 for most crops, 1/2
+    for the smallest, where the transform's worst case (``read_image(path, 518)``) allows 1/2 for all.
     The same errors as ``read_image``; ``draw_box`` is called once for every readable file, so the random
     numbers drawn are the ones a full decode followed by the crop would draw."""
     path = Path(path)
     header = _read_header(path)
     image = load_rgb(path) if header is None else None
     (width, height), fast = header if header is not None else (image.size, False)
-    top, left, box_height, box_width = draw_box(width, height)
+    box = draw_box(width, height)
     if image is None:
-        image = _decode(path, jpeg_scale(box_width, box_height, min_side) if fast else 1, fast)
-    decoded_height, decoded_width = image.shape[-2:] if hasattr(image, "shape") else image.size[::-1]
+        image = _decode(path, jpeg_scale(box[3], box[2], min_side) if fast else 1, fast)
+    return image, map_box(box, (width, height), image_size(image))
+
+
+def image_size(image) -> tuple[int, int]:
+    """(width, height) of a uint8 (3, H, W) tensor or a PIL image."""
+    return (image.shape[-1], image.shape[-2]) if hasattr(image, "shape") else image.size
+
+
+def map_box(box: Box, full_size: tuple[int, int], decoded_size: tuple[int, int]) -> Box:
+    """``box`` (top, left, height, width) in a full-size image's pixels, in the pixels of its decode at a DCT scale.
+
+    Reduced pixel i covers full pixels [i*d, (i+1)*d) (libjpeg rounds the reduced size up), so the box's edges are
+    divided by d and rounded; its sides then stay >= floor(side / d)."""
+    (width, height), (decoded_width, decoded_height) = full_size, decoded_size
     if (decoded_width, decoded_height) == (width, height):
-        return image, (top, left, box_height, box_width)
-    sy, sx = decoded_height / height, decoded_width / width
-    top, left = min(round(top * sy), decoded_height - 1), min(round(left * sx), decoded_width - 1)
-    return image, (top, left, max(1, min(round(box_height * sy), decoded_height - top)),
-                   max(1, min(round(box_width * sx), decoded_width - left)))
+        return box
+    scale = max(1, round(width / decoded_width))
+    if -(-width // scale) != decoded_width or -(-height // scale) != decoded_height:  # not a DCT scale: proportional
+        sx, sy = width / decoded_width, height / decoded_height
+    else:
+        sx = sy = scale
+    top, left, box_height, box_width = box
+    edge = lambda value, step, limit: min(limit, math.floor(value / step + 0.5))
+    top2, left2 = edge(top, sy, decoded_height - 1), edge(left, sx, decoded_width - 1)
+    bottom, right = edge(top + box_height, sy, decoded_height), edge(left + box_width, sx, decoded_width)
+    return top2, left2, max(1, bottom - top2), max(1, right - left2)
 
 
 def _read_header(path: Path) -> tuple[tuple[int, int], bool] | None:
@@ -137,7 +164,7 @@ def _read_header(path: Path) -> tuple[tuple[int, int], bool] | None:
     try:
         with Image.open(path) as header:  # reads the header only
             _check_pixels(header, path)
-            return header.size, header.format == "JPEG" and header.mode in ("RGB", "L")
+            return header.size, header.format in ("JPEG", "MPO") and header.mode in ("RGB", "L")  # MPO: a phone's JPEG with a depth/preview image after it
     except TLError:
         raise
     except Exception:

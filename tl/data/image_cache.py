@@ -69,7 +69,7 @@ def decoded_size(paths: list[Path], budget: int, needs: list[int | None] | None 
         try:
             with Image.open(path) as image:  # reads the header only
                 width, height = image.size
-                scale = jpeg_scale(width, height, need) if image.format == "JPEG" else 1
+                scale = jpeg_scale(width, height, need) if image.format in ("JPEG", "MPO") else 1
         except Exception:  # a bad file is reported when it is loaded
             continue
         total += -(-width // scale) * -(-height // scale) * (3 if path.suffix.lower() in (".jpg", ".jpeg", ".png") else 4)
@@ -85,7 +85,7 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
     and read (and reported) as usual when it is loaded."""
     import multiprocessing
 
-    from tl.data.decode import read_image
+    from tl.data.decode import read_image_sized
     from tl.errors import TLError
 
     datasets = [d for d in datasets if d is not None and hasattr(d, "samples") and getattr(d, "decoded", None) is None]
@@ -106,16 +106,17 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
 
     def decode(path: Path, need: int | None):
         try:
-            return read_image(path, need)
+            return read_image_sized(path, need)
         except (TLError, OSError, RuntimeError, ValueError):
-            return None
+            return None, None
 
     start = time.perf_counter()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = threads or cpus
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # the decoders release the GIL
         for dataset in datasets:
-            dataset.decoded = list(pool.map(decode, [path for path, _ in dataset.samples], [dataset.min_short_side] * len(dataset)))
+            decoded = list(pool.map(decode, [path for path, _ in dataset.samples], [dataset.min_short_side] * len(dataset)))
+            dataset.decoded, dataset.full_sizes = [image for image, _ in decoded], [size for _, size in decoded]
     log.info(f"decoded {len(paths)} images into memory ({size / MiB:.0f} MiB) in {time.perf_counter() - start:.1f} s; "
              "later epochs skip decoding (--cache-images off streams them instead)")
     return size

@@ -4,13 +4,15 @@ A dataset without an official split (Caltech-101, a flat folder of class folders
 the split is written to ``OUT/split.json`` and read back on resume, by ``tl eval`` and by anyone
 reproducing the run, so the test images stay the ones training never saw.
 
-The manifest also caches a folder dataset's file list (class names and each split's files with their labels, and
-the folder it was made from): a run that has one does not walk the folder again, which on a network file system
-with hundreds of thousands of files is the slow part. Manifests without that cache (older runs) are read as before.
+The manifest also caches a folder dataset's file list (class names and each split's files with their labels,
+relative to the folder, so a moved folder keeps its split): a run that has one does not walk the folder again,
+which on a network file system with hundreds of thousands of files is the slow part. Manifests without that cache
+(older runs) are read as before.
 
 A manifest written on purpose for a run that has not started (``tl split --out``, ``tl reproduce``) is *pinned*:
 a fresh run keeps it. An unpinned one in a fresh run's --out was left by an attempt that died before its first
-epoch and is replaced (``tl.training.run``): its files may have changed since.
+epoch and is replaced (``tl.training.run``): its files may have changed since; so is any, pinned or not, that
+``--overwrite`` replaces with its finished run.
 """
 
 from __future__ import annotations
@@ -97,16 +99,13 @@ def is_pinned(manifest: Path) -> bool:
 
 
 def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tuple[str, int]]],
-                    sizes: dict[str, list[int]] | None = None, folders: dict[str, int] | None = None,
-                    root: Path | None = None) -> None:
+                    sizes: dict[str, list[int]] | None = None, folders: dict[str, int] | None = None) -> None:
     """Record the class names and each split's (relative path, label) pairs in ``manifest`` (added to a split
     already recorded there), with each file's size and each folder's mtime (ns) when given: the data
     fingerprint of a later build comes from them without a stat per file (see ``tl.data.datasets``)."""
     record = json.loads(manifest.read_text()) if manifest.is_file() else {}
     record["splits"] = {name: [key for key, _ in pairs] for name, pairs in parts.items()}
     record["files"] = {"classes": classes, "labels": {name: [label for _, label in pairs] for name, pairs in parts.items()}}
-    if root is not None:
-        record["files"]["root"] = str(root.resolve())
     if sizes is not None and folders is not None:
         record["files"] |= {"sizes": sizes, "folders": folders}
     try:
@@ -115,18 +114,15 @@ def cache_file_list(manifest: Path, classes: list[str], parts: dict[str, list[tu
         pass
 
 
-def cached_file_list(manifest: Path | None, root: Path | None = None) -> tuple[list[str], dict[str, list[tuple[str, int]]], dict | None] | None:
+def cached_file_list(manifest: Path | None) -> tuple[list[str], dict[str, list[tuple[str, int]]], dict | None] | None:
     """(class names, {split: [(relative path, label)]}, facts) cached in ``manifest``; None when it has no file
-    list, or one made from another folder than ``root``. ``facts``: {"sizes": {split: [bytes]}, "folders":
-    {relative folder: mtime_ns}}, None in older manifests."""
+    list. ``facts``: {"sizes": {split: [bytes]}, "folders": {relative folder: mtime_ns}}, None in older manifests."""
     if manifest is None or not manifest.is_file():
         return None
     record = json.loads(manifest.read_text())
     files = record.get("files")
     if not files:
         return None
-    if root is not None and files.get("root") not in (None, str(root.resolve())):
-        return None  # another --data-dir: list it again (the recorded split still applies to the new list)
     facts = {"sizes": files["sizes"], "folders": files["folders"]} if "sizes" in files and "folders" in files else None
     return files["classes"], {name: list(zip(keys, files["labels"][name])) for name, keys in record["splits"].items()}, facts
 

@@ -63,7 +63,18 @@ class CropBeforeDecode:
     def __call__(self, path) -> torch.Tensor:
         from tl.data.decode import read_image_region
 
-        image, (top, left, height, width) = read_image_region(path, self.draw, max(self.crop.size))
+        return self._finish(*read_image_region(path, self.draw, max(self.crop.size)))
+
+    def from_decoded(self, image, full_size: tuple[int, int]) -> torch.Tensor:
+        """The same for an image decoded earlier at a reduced scale (the decoded-image cache): the box is drawn on
+        the file's full size, as when streaming, so a cached and a streamed run crop the same part of each photo
+        with the same random numbers (their pixels differ only by the DCT scale each decoded at)."""
+        from tl.data.decode import image_size, map_box
+
+        return self._finish(image, map_box(self.draw(*full_size), full_size, image_size(image)))
+
+    def _finish(self, image, box: tuple[int, int, int, int]) -> torch.Tensor:
+        top, left, height, width = box
         cropped = v2.functional.resized_crop(image, top, left, height, width, list(self.crop.size),
                                              interpolation=self.crop.interpolation, antialias=self.crop.antialias)
         return self.rest(cropped)

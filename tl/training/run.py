@@ -60,12 +60,13 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
                 train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
-        if not candidates and accelerator.is_main_process and (out / MANIFEST).is_file() and not splits.is_pinned(out / MANIFEST):
-            # A replaced run's split, or one an attempt left that died before its first epoch: its files may have
-            # changed since. A split made for this run (tl split --out, tl reproduce) is pinned and kept.
-            (out / MANIFEST).unlink()
-            if not cfg.run.overwrite:
-                log.info(f"data: {out / MANIFEST} of an earlier attempt that finished no epoch is replaced by a new listing")
+        manifest = out / MANIFEST
+        if not candidates and accelerator.is_main_process and manifest.is_file() and (finished_run or not splits.is_pinned(manifest)):
+            # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files
+            # may have changed since. A split made for this run (tl split --out, tl reproduce) is pinned and kept.
+            manifest.unlink()
+            if not finished_run:
+                log.info(f"data: {manifest} of an earlier attempt that finished no epoch is replaced by a new listing")
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
@@ -116,7 +117,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                     warmup_steps=round(o.warmup_epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch,
                     step_size=o.step_size, gamma=o.gamma)
     backbone_warmup_steps = round(cfg.finetune.backbone_warmup_epochs * steps_per_epoch) if pretrained else 0
-    plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions)
+    plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions, watching=cfg.run.select_by)
     class_weight = setup.class_weights(data.train.targets, len(data.class_names))  # --balance loss|sampler
     if o.balance != "none":
         log.info(f"--balance {o.balance}: class weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
@@ -139,6 +140,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     if resumed:
         resumed_from, progress = resumed
         plateau = Plateau(**progress.plateau) if progress.plateau else plateau
+        plateau.watch(cfg.run.select_by, watched_metric(progress.best, cfg.run.select_by) if progress.best else -math.inf)
         log.info(f"resumed from {resumed_from}: epoch {progress.epoch + 1}, batch {progress.batches_done}, step {progress.step}")
 
     def start_files() -> None:
