@@ -172,3 +172,18 @@ def test_the_plateau_watches_the_select_by_metric():
     assert watched_metric(metrics, "val_top1") == 1.0
     assert watched_metric(metrics, "val_loss") == -0.25  # a lower loss is an improvement
     assert watched_metric(metrics, "val_balanced_accuracy") == 0.5
+
+
+def test_a_plateau_state_recorded_under_val_top1_resumes_watching_val_loss():
+    """States saved before the plateau recorded its metric watched val top-1; resumed with --select-by val_loss it
+    must start over from the best epoch's loss, not compare losses with an accuracy of 0.85 and cut every epoch."""
+    from tl.training.optim import Plateau
+
+    old_state = {"factor": 0.2, "patience": 1, "max_reductions": 2, "best": 0.85, "bad_epochs": 0, "reductions": 0, "multiplier": 1.0}
+    plateau = Plateau(**old_state)
+    assert plateau.watching == "val_top1"
+    plateau.watch("val_loss", -0.6)
+    assert [plateau.update(-loss) for loss in (0.5, 0.4, 0.3, 0.2)] == [False] * 4 and not plateau.exhausted
+    same = Plateau(**old_state)
+    same.watch("val_top1", 0.5)  # the metric it recorded: kept as it was
+    assert same.best == 0.85

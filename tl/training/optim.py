@@ -52,6 +52,13 @@ class Plateau:
     bad_epochs: int = 0
     reductions: int = 0
     multiplier: float = 1.0
+    watching: str = "val_top1"  # the --select-by metric ``best`` is of; states saved before it was recorded: val top-1
+
+    def watch(self, metric_name: str, best_so_far: float) -> None:
+        """Watch ``metric_name`` from now on; a state recorded under another metric starts over from ``best_so_far``
+        (the best epoch's value of the new metric), keeping its reductions."""
+        if metric_name != self.watching:
+            self.watching, self.best, self.bad_epochs = metric_name, best_so_far, 0
 
     def update(self, metric: float) -> bool:
         """Record an epoch's metric; True when the rate was just reduced."""
