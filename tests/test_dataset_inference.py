@@ -97,3 +97,18 @@ def test_a_recipe_data_dir_is_inferred_and_a_recipe_dataset_kept(tmp_path, recip
     assert result.exit_code == 0, result.output
     assert f"dataset: {expected}" in result.stdout
     assert ("inferred" in result.stderr) == (expected == "imagefolder")
+
+
+def test_a_printed_recipe_with_a_folder_given_now_reads_the_folder(tmp_path):
+    """README's workflow: `tl train --print-config ... > my-recipe.yaml` writes `dataset: synthetic` (the default);
+    `tl train --config my-recipe.yaml --data-dir PHOTOS` must read the photos, not the synthetic set."""
+    data = make_image_folder(tmp_path / "insects", INSECTS, 1)
+    recipe = tmp_path / "my-recipe.yaml"
+    printed = cli("train", "--print-config", "--arch", "resnet18")
+    assert printed.exit_code == 0 and "dataset: synthetic" in printed.stdout
+    recipe.write_text(printed.stdout)
+    result = cli("train", "--print-config", "--config", recipe, "--data-dir", data)
+    assert result.exit_code == 0, result.output
+    assert "dataset: imagefolder" in result.stdout and "inferred" in result.stderr and "ignored" not in result.stderr
+    explicit = cli("train", "--print-config", "--config", recipe, "--data-dir", data, "--dataset", "synthetic")
+    assert "dataset: synthetic" in explicit.stdout and "ignored" in explicit.stderr

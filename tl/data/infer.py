@@ -34,7 +34,7 @@ def infer_dataset(data_dir: str | Path) -> str:
     the folder that holds it) is the one the user sees."""
     root = Path(data_dir)
     if any(all((root / name).is_file() for name in marker) for marker in HF_MARKERS):
-        return f"hf:{data_dir}"
+        return f"hf:{root.resolve()}"  # absolute: config.json is read again from elsewhere (tl eval, reproduce)
     if (root / CIFAR_FOLDER).is_dir() or (root.name == CIFAR_FOLDER and root.is_dir()):
         return "cifar10"
     if caltech_folder(root) is not None:

@@ -141,5 +141,7 @@ def resolve(explicit: dict[str, Any], recipe: Path | None = None) -> dict[str, A
     from_file = read_recipe(recipe) if recipe else {}
     options = {**defaults(), **from_file, **explicit}
     chosen = explicit.get("dataset") or from_file.get("dataset")
+    if not explicit.get("dataset") and from_file.get("dataset") == "synthetic" and explicit.get("data_dir"):
+        chosen = None  # a recipe's synthetic (--print-config's default, a demo run's config.json) and a folder given now
     options["dataset"] = resolve_dataset(chosen, options["data_dir"])
     return options
