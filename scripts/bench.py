@@ -60,7 +60,13 @@ def main() -> None:
     every.add_argument("--repeats", type=int, default=3)
     every.add_argument("--json", type=Path, default=Path("runs/bench/all.json"), help="where the results go")
     args = parser.parse_args()
-    result = bench_all(args, parser) if args.bench == "all" else BENCHES[args.bench].run(args)
+    from tl.errors import TLError
+
+    try:
+        result = bench_all(args, parser) if args.bench == "all" else BENCHES[args.bench].run(args)
+    except TLError as error:  # a bad --images or --checkpoint: one line, as tl's commands say it
+        print(f"error: {error.message}\nhint: {error.hint}", file=sys.stderr)
+        raise SystemExit(2)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.json}", file=sys.stderr)

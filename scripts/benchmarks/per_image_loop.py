@@ -27,7 +27,8 @@ def main(images: Path, checkpoint: Path, out: Path) -> None:
     transform = T.Compose([T.Resize(meta["resize_size"]), T.CenterCrop(meta["input_size"]), T.ToTensor(),
                            T.Normalize(meta["mean"], meta["std"])])
     names = meta["class_names"]
-    files = sorted(path for path in images.rglob("*") if path.suffix.lower() in EXTENSIONS)
+    files = sorted(path for path in images.rglob("*") if path.suffix.lower() in EXTENSIONS
+                   and not any(part.startswith(".") for part in path.relative_to(images).parts))  # as predict-dir lists them
     with open(out, "w", newline="") as handle, torch.no_grad():
         writer = csv.writer(handle)
         writer.writerow(["path", "label", *(f"p_{name}" for name in names)])
