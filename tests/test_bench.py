@@ -14,16 +14,20 @@ import pytest
 from tests.conftest import ROOT, write_image
 
 
-def test_train_bench_runs_end_to_end(tmp_path):
-    out = tmp_path / "train.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "train", "--arch", "resnet18", "--size", "32",
-               "--per-class", "6", "--batch-size", "4", "--epochs", "2", "--repeats", "1", "--num-workers", "0",
-               "--strategy", "linear", "--json", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+def run_bench(tmp_path: Path, *args: str, **env: str):
+    """``scripts/bench.py ARGS --json OUT`` as a user runs it, from another folder: (the finished process, its JSON)."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), *args, "--json", str(out)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env}
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(out.read_text())
+
+
+def test_train_bench_runs_end_to_end(tmp_path):
+    result, report = run_bench(tmp_path, "train", "--arch", "resnet18", "--size", "32", "--per-class", "6", "--batch-size", "4",
+                               "--epochs", "2", "--repeats", "1", "--num-workers", "0", "--strategy", "linear")
     assert "tutorial loop" in result.stdout and "ratio" in result.stdout
-    report = json.loads(out.read_text())
     assert report["bench"] == "train" and report["ratio"] > 0
     for name in ("tutorial loop", "tl train"):
         run, = report["runs"][name]
@@ -34,12 +38,7 @@ def test_train_bench_runs_end_to_end(tmp_path):
 
 def test_gpu_bench_runs_in_its_cpu_mode_end_to_end(tmp_path):
     """Without a GPU `bench.py gpu` runs every figure with a tiny model and says that GPU figures need a GPU."""
-    out = tmp_path / "gpu.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "gpu", "--num-workers", "0", "--json", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    result, report = run_bench(tmp_path, "gpu", "--num-workers", "0", CUDA_VISIBLE_DEVICES="")
     assert report["bench"] == "gpu" and report["device"] == "cpu" and "need a GPU" in report["note"] in result.stdout
     for name in ("train_on_device", "train_tl_pipeline", "train_reference_loop", "predict_dir"):
         assert report[name]["images_per_s"] > 0, name
@@ -49,13 +48,7 @@ def test_gpu_bench_runs_in_its_cpu_mode_end_to_end(tmp_path):
 
 
 def test_loader_bench_times_tutorial_streamed_and_prepared(tmp_path):
-    out = tmp_path / "loader.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "loader", "--size", "32", "--repeats", "1",
-               "--epochs", "1", "--num-workers", "0", "--json", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    result, report = run_bench(tmp_path, "loader", "--size", "32", "--repeats", "1", "--epochs", "1", "--num-workers", "0")
     for key in ("tutorial", "tl_streamed", "tl_prepared"):
         assert report[key]["images_per_s"] > 0, key
     assert report["tl_prepared"]["prepare_seconds"] > 0 and "prepared/baseline" in result.stdout
@@ -68,14 +61,8 @@ def test_predict_bench_whole_process_runs_both_programs(tmp_path):
     names = [f"{folder}{i}.jpg" for folder in ("x", "y") for i in range(2 if folder == "x" else 3)]
     for index, name in enumerate(names):
         write_image(images / name[0] / name, (40 * index, 100, 200), size=32, seed=index)
-    out = tmp_path / "predict.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "predict", "--whole-process", "--images", str(images),
-               "--repeats", "1", "--json", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, report = run_bench(tmp_path, "predict", "--whole-process", "--images", str(images), "--repeats", "1")
     assert "tl predict-dir (python -m tl.predict_dir)" in result.stdout and "ratio (loop s / tl s)" in result.stdout
-    report = json.loads(out.read_text())
     assert report["ratio"] > 0  # the in-process comparison still runs
     whole = report["whole_process"]
     assert whole["count"] == len(names) and whole["repeats"] == 1
