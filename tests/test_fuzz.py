@@ -165,3 +165,18 @@ def test_resume_after_a_decoder_crash_loses_only_that_file(run, tmp_path, worker
     assert "the decoder crashed on this file" in culprit[0]["error"]
     assert rows[:len(before)] == before  # nothing already written was lost or changed
     assert not (tmp_path / "preds.csv.inflight").exists()
+
+
+def test_reduced_size_jpeg_decoding_of_damaged_files_agrees_with_full_decoding(corpus):
+    """The JPEGs again, decoded at the smallest DCT scale their size allows (what training's crops and predict-dir's
+    resize ask for on big photos): no crash or hang, and each file is readable exactly when the full decode can read
+    it (a scaled decode that fails falls back to the full-size decoders)."""
+    from tl.data.isolated_decode import OK, UNREADABLE, decode_each_in_child
+
+    jpegs = [path for path in corpus if path.suffix == ".jpg"]
+    full = decode_each_in_child(jpegs, timeout=120)
+    reduced = decode_each_in_child(jpegs, timeout=120, min_short_side=8)
+    bad = {Path(p).name: o for p, o in reduced.items() if o.status not in (OK, UNREADABLE)}
+    assert not bad, f"{len(bad)} file(s) crashed, hung or raised a non-TLError, e.g. {list(bad.items())[:5]}"
+    differ = [Path(p).name for p in jpegs if (full[str(p)].status == OK) != (reduced[str(p)].status == OK)]
+    assert not differ, f"{len(differ)} file(s) readable at one size and not the other, e.g. {differ[:5]}"

@@ -6,7 +6,8 @@ run again) and by the fuzz test. The child decodes the files one by one with ``t
 function training and prediction use, announcing each before it starts: when the child dies, the last file
 it announced is the culprit, and a fresh child carries on with the files after it.
 
-Run as a program it is that child: ``python -m tl.data.isolated_decode`` reads a JSON list of paths on stdin.
+Run as a program it is that child: ``python -m tl.data.isolated_decode`` reads {"paths": [...], "min_short_side": N}
+as JSON on stdin.
 """
 
 from __future__ import annotations
@@ -39,21 +40,24 @@ def _signal_name(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def decode_each_in_child(paths: list[str | Path], *, timeout: float = 60.0, env: dict[str, str] | None = None) -> dict[str, Outcome]:
+def decode_each_in_child(paths: list[str | Path], *, timeout: float = 60.0, env: dict[str, str] | None = None,
+                         min_short_side: int | None = None) -> dict[str, Outcome]:
     """Every path's outcome, decoded in child processes; a crash or a hang costs a new child, not this process.
 
     ``timeout``: seconds one file may take (the first also pays the child's start-up) before it counts as hung.
+    ``min_short_side``: ``read_image``'s, so the reduced-size JPEG decode can be probed too.
     """
     names = [str(p) for p in paths]
     outcomes: dict[str, Outcome] = {}
     start = 0
     while start < len(names):
-        done_up_to = _run_child(names, start, timeout, env, outcomes)
+        done_up_to = _run_child(names, start, timeout, env, outcomes, min_short_side)
         start = done_up_to + 1
     return outcomes
 
 
-def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str] | None, outcomes: dict[str, Outcome]) -> int:
+def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str] | None, outcomes: dict[str, Outcome],
+               min_short_side: int | None = None) -> int:
     """Decode ``names[start:]`` in one child; returns the index of the last file it settled."""
     child = subprocess.Popen([sys.executable, "-m", "tl.data.isolated_decode"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, env=env, text=True, encoding="utf-8", errors="surrogateescape")
@@ -67,7 +71,7 @@ def _run_child(names: list[str], start: int, timeout: float, env: dict[str, str]
     threading.Thread(target=read, daemon=True).start()
     assert child.stdin is not None
     try:
-        child.stdin.write(json.dumps(names[start:]))
+        child.stdin.write(json.dumps({"paths": names[start:], "min_short_side": min_short_side}))
         child.stdin.close()
     except BrokenPipeError:
         pass
@@ -111,14 +115,15 @@ def _child() -> None:
     from tl.data.decode import read_image
     from tl.errors import TLError
 
-    names = json.loads(sys.stdin.read())
+    request = json.loads(sys.stdin.read())
+    names, min_short_side = request["paths"], request.get("min_short_side")
     sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not kill the report
     out = sys.stdout
     for index, name in enumerate(names):
         out.write(f"S {index}\n")
         out.flush()  # announced before decoding: if the decoder kills us, the parent knows the file
         try:
-            read_image(name)
+            read_image(name, min_short_side)
             out.write(f"O {index}\n")
         except TLError as error:
             out.write(f"E {index} {' '.join(error.message.split())}\n")

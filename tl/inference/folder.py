@@ -142,7 +142,12 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
     accelerator.wait_for_everyone()  # every process has read the file before the main one cuts it
     pending = [i for i, rel in enumerate(relative) if rel not in done]
     marker = InFlight(out)
-    crashed = marker.culprits([files[i] for i in pending], accelerator) if resume else {}
+    if resume:
+        from tl.data.transforms import decode_short_side
+
+        crashed = marker.culprits([files[i] for i in pending], accelerator, decode_short_side(predictor.pixels()))
+    else:
+        crashed = {}
     summary = Summary(total=len(files), resumed=len(files) - len(pending), failed=failed_before)
 
     handle = None

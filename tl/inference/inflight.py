@@ -38,10 +38,11 @@ class InFlight:
         except (OSError, ValueError, KeyError, TypeError):
             return 0
 
-    def culprits(self, pending: list[Path], accelerator) -> dict[Path, str]:
+    def culprits(self, pending: list[Path], accelerator, min_short_side: int | None = None) -> dict[Path, str]:
         """The files among the next ``window()`` pending ones that crash or hang the decoder, with the reason.
 
-        The main process decodes them in child processes and tells the others, so all agree."""
+        The main process decodes them in child processes, at the reduced size predicting decodes them at
+        (``min_short_side``), and tells the others, so all agree."""
         from accelerate.utils import broadcast_object_list
 
         from tl.data.isolated_decode import CRASHED, HUNG, decode_each_in_child
@@ -54,7 +55,7 @@ class InFlight:
                 suspects = pending[:window]
                 log.warning(f"the last run into {self.path.with_suffix('')} stopped while decoding: checking the next "
                             f"{len(suspects)} file(s) in a separate process first")
-                outcomes = decode_each_in_child(suspects)
+                outcomes = decode_each_in_child(suspects, min_short_side=min_short_side)
                 found[0] = {Path(p): o.detail for p, o in outcomes.items() if o.status in (CRASHED, HUNG)}
                 for path, reason in found[0].items():
                     log.warning(f"{path}: {reason}; it gets an error row and is not decoded again")
