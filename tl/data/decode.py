@@ -8,6 +8,11 @@ a Python exception on every damaged file in six formats and never crashed. JPEG 
 
 The header is read first (PIL opens lazily), so a decompression bomb is refused before a byte is decoded.
 
+Images come out upright: a phone stores a portrait photo sideways with an EXIF orientation tag, which every
+decoder here ignores by default (PIL, libjpeg-turbo), and Hugging Face ``datasets`` applies. tl applies it on
+every path, so a folder, ``tl prepare``'s shards and a hub dataset of the same photos agree, and a photo is
+seen the way its owner sees it.
+
 A JPEG much larger than its transform needs is decoded at a reduced size: libjpeg-turbo scales the DCT by 1/2,
 1/4 or 1/8 while decoding (PIL's ``Image.draft``), which skips most of the inverse DCT, colour conversion and
 the later resize. torchvision's decode_jpeg has no such option. On 2048x1536 camera photos, one core (others
@@ -60,7 +65,8 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open any image file as an RGB PIL image; a file PIL cannot read becomes a one-line TLError."""
+    """Open any image file as an RGB PIL image, as stored (``read_image`` turns it upright); a file PIL cannot read
+    becomes a one-line TLError."""
     try:
         with Image.open(path) as image:
             _check_pixels(image, path)
@@ -85,6 +91,36 @@ def jpeg_scale(width: int, height: int, min_short_side: int | None) -> int:
     return next((d for d in (8, 4, 2) if min(width, height) // d >= min_short_side), 1)
 
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # as PIL.ImageOps.exif_transpose turns them
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright; 2-8 mirrored and/or turned) of an opened image; 1 when absent or damaged."""
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # damaged EXIF: the pixels are still readable, as they are
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def to_upright(image, orientation: int):
+    """``image`` (an RGB PIL image or a uint8 (3, H, W) tensor) turned as its EXIF ``orientation`` says."""
+    if orientation not in _TRANSPOSE:
+        return image
+    if not hasattr(image, "shape"):
+        return image.transpose(_TRANSPOSE[orientation])
+    import torch
+
+    x = image
+    turned = {2: lambda: x.flip(-1), 3: lambda: x.flip(-2, -1), 4: lambda: x.flip(-2),
+              5: lambda: x.transpose(-2, -1), 6: lambda: torch.rot90(x, -1, (-2, -1)),
+              7: lambda: x.transpose(-2, -1).flip(-2, -1), 8: lambda: torch.rot90(x, 1, (-2, -1))}[orientation]()
+    return turned.contiguous()
+
+
 def read_image(path: str | Path, min_short_side: int | None = None):
     """An RGB image to transform, as training, ``tl eval`` and ``predict-dir`` all decode it.
 
@@ -100,15 +136,16 @@ def read_image(path: str | Path, min_short_side: int | None = None):
 
 
 def read_image_sized(path: str | Path, min_short_side: int | None = None):
-    """(``read_image``'s image, the file's full (width, height)): the decoded-image cache keeps both, so a crop
-    drawn on the full size (``read_image_region``) can be taken from its reduced copy (``map_box``)."""
+    """(``read_image``'s image, the file's full upright (width, height)): the decoded-image cache keeps both, so a
+    crop drawn on the full size (``read_image_region``) can be taken from its reduced copy (``map_box``)."""
     path = Path(path)
     header = _read_header(path)
     if header is None:
         image = load_rgb(path)  # gives the reason in PIL's words
         return image, image.size
-    (width, height), fast = header
-    return _decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast), (width, height)
+    (width, height), fast, turn = header
+    image = to_upright(_decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast), turn)
+    return image, _upright_size((width, height), turn)
 
 
 Box = tuple[int, int, int, int]  # top, left, height, width: torchvision's crop order
@@ -126,11 +163,16 @@ def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min
     path = Path(path)
     header = _read_header(path)
     image = load_rgb(path) if header is None else None
-    (width, height), fast = header if header is not None else (image.size, False)
+    (width, height), fast, turn = header if header is not None else (image.size, False, 1)
+    width, height = _upright_size((width, height), turn)
     box = draw_box(width, height)
     if image is None:
-        image = _decode(path, jpeg_scale(box[3], box[2], min_side) if fast else 1, fast)
+        image = to_upright(_decode(path, jpeg_scale(box[3], box[2], min_side) if fast else 1, fast), turn)
     return image, map_box(box, (width, height), image_size(image))
+
+
+def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 def image_size(image) -> tuple[int, int]:
@@ -158,13 +200,14 @@ def map_box(box: Box, full_size: tuple[int, int], decoded_size: tuple[int, int])
     return top2, left2, max(1, bottom - top2), max(1, right - left2)
 
 
-def _read_header(path: Path) -> tuple[tuple[int, int], bool] | None:
-    """((width, height), libjpeg-turbo can decode it) from the header alone; None when PIL cannot even open it.
-    Too many pixels raises here, before a byte is decoded."""
+def _read_header(path: Path) -> tuple[tuple[int, int], bool, int] | None:
+    """((width, height) as stored, libjpeg-turbo can decode it, EXIF orientation) from the header alone; None when
+    PIL cannot even open it. Too many pixels raises here, before a byte is decoded."""
     try:
         with Image.open(path) as header:  # reads the header only
             _check_pixels(header, path)
-            return header.size, header.format in ("JPEG", "MPO") and header.mode in ("RGB", "L")  # MPO: a phone's JPEG with a depth/preview image after it
+            fast = header.format in ("JPEG", "MPO") and header.mode in ("RGB", "L")  # MPO: a phone's JPEG + a preview
+            return header.size, fast, orientation(header)
     except TLError:
         raise
     except Exception:
@@ -180,7 +223,7 @@ def _decode(path: Path, scale: int, fast: bool):
         image = _decode_jpeg(path)
         if image is not None:
             return image
-    return load_rgb(path)
+    return load_rgb(path)  # as stored, as the other decoders give it: the caller turns it upright
 
 
 def _decode_jpeg(path: Path):
