@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,32 +27,61 @@ def add_arguments(gpu: argparse.ArgumentParser) -> None:
     gpu.add_argument("--json", type=Path, default=Path("runs/bench/gpu.json"), help="where the results go")
 
 
-def _train_steps(model, batches, steps: int, *, device, dtype, channels_last: bool, normalize, optimizer) -> float:
-    """Images/s over ``steps`` training steps after 2 warm-up steps; ``batches`` yields (uint8 images, labels) or
-    (float images, labels). One device sync at the end of each phase, none inside (as tl's loop)."""
+def _train_steps(model, batches, steps: int, *, device, dtype, channels_last: bool, normalize, optimizer) -> dict:
+    """{"images_per_s", "data_wait_share", "gpu_busy_share"} over ``steps`` training steps after 2 warm-up steps;
+    ``batches`` yields (uint8 images, labels) or (float images, labels). One device sync at the end of each phase,
+    none inside (as tl's loop). ``data_wait_share``: the share of the time spent waiting for the next batch, as tl's
+    loop reports it. ``gpu_busy_share``: see ``_gpu_busy_share``."""
     import torch
     import torch.nn.functional as F
 
-    loss_fn = F.cross_entropy
-    count, start = 0, None
-    for step, (images, labels) in enumerate(batches):
-        if step == 2:
-            torch.cuda.synchronize() if device.type == "cuda" else None
-            start, count = time.perf_counter(), 0
-        if step == steps + 2:
-            break
+    def step(images, labels) -> int:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         images = normalize(images) if normalize else images
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(model(images), labels)
+            loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        count += images.shape[0]
-    torch.cuda.synchronize() if device.type == "cuda" else None
-    return count / (time.perf_counter() - start) if start else 0.0
+        return images.shape[0]
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = iter(batches)
+    for _ in range(2):
+        step(*next(batches))
+    sync()
+    start, count, waited = time.perf_counter(), 0, 0.0
+    for _ in range(steps):
+        asked = time.perf_counter()
+        images, labels = next(batches)
+        waited += time.perf_counter() - asked
+        count += step(images, labels)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"images_per_s": count / seconds, "data_wait_share": waited / seconds,
+            "gpu_busy_share": _gpu_busy_share(step, batches, min(steps, 5), device)}
+
+
+def _gpu_busy_share(step, batches, steps: int, device) -> float | None:
+    """Kernel time / wall time over ``steps`` more steps under torch.profiler (after the timed ones, which it would
+    slow down): how much of the time the GPU computes. None on a CPU."""
+    if device.type != "cuda":
+        return None
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(*next(batches))
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    # the kernels' own events, as torch.profiler's table totals "Self CUDA" (the ops that launch them would count twice)
+    kernels = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    return sum(e.self_device_time_total for e in kernels) / 1e6 / seconds
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,9 +104,14 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if on_gpu else "cpu")
     arch, size, batch, steps = (args.arch, args.size, args.batch_size, args.steps) if on_gpu else ("resnet18", 32, 4, 2)
     logging.getLogger("tl").disabled = True
-    images = args.images or train_images(argparse.Namespace(images=None, per_class=max(4, batch)))
+    images = args.images or train_images(argparse.Namespace(images=None, per_class=4 * batch))  # 4 batches a class: few epoch restarts
     workers = args.num_workers if args.num_workers >= 0 else min(8, os.cpu_count() or 1)
-    prepared, prepare_seconds = prepared_train(args, images, size)
+    try:
+        prepared, prepare_seconds = prepared_train(args, images, size)
+        pipeline = "prepared shards (tl prepare)"
+    except Exception as error:  # noqa: BLE001  no usable Hugging Face datasets (the GPU image lacks it unless carried)
+        prepared, prepare_seconds = _streamed_train(images, size), 0.0
+        pipeline = f"the image folder, streamed: no prepared shards ({error})"
     normalize = BatchNormalize(IMAGENET_MEAN, IMAGENET_STD)
     dtype = torch.bfloat16 if (not on_gpu or torch.cuda.is_bf16_supported()) else torch.float16
 
@@ -96,48 +129,73 @@ def run(args: argparse.Namespace) -> dict:
     resident = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
     model, opt = model_and_optimizer(True)
-    results["train_on_device"] = {"images_per_s": _train_steps(model, itertools.repeat((resident, labels)), steps, device=device,
-                                                               dtype=dtype, channels_last=True, normalize=normalize, optimizer=opt)}
+    results["train_on_device"] = _train_steps(model, itertools.repeat((resident, labels)), steps, device=device,
+                                              dtype=dtype, channels_last=True, normalize=normalize, optimizer=opt)
     model, opt = model_and_optimizer(True)
-    results["train_tl_pipeline"] = {"images_per_s": _train_steps(model, loader(prepared), steps, device=device, dtype=dtype,
-                                                                 channels_last=True, normalize=normalize, optimizer=opt)}
+    results["train_tl_pipeline"] = _train_steps(model, loader(prepared), steps, device=device, dtype=dtype,
+                                                channels_last=True, normalize=normalize, optimizer=opt)
     reference = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([
         T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
     model, opt = model_and_optimizer(False)
-    results["train_reference_loop"] = {"images_per_s": _train_steps(model, loader(reference), steps, device=device, dtype=None,
-                                                                    channels_last=False, normalize=None, optimizer=opt)}
+    results["train_reference_loop"] = _train_steps(model, loader(reference), steps, device=device, dtype=None,
+                                                   channels_last=False, normalize=None, optimizer=opt)
     scratch = Path(tempfile.mkdtemp(prefix="tl-bench-"))
     predict_args = argparse.Namespace(batch_size=0 if on_gpu else batch, num_workers=workers, precision="auto")
     results["predict_dir"] = {"images_per_s": predict_dir_rate(quick_checkpoint(scratch, arch, size), images / "train", scratch / "p.csv", predict_args)}
     results["all_reduce"] = _all_reduce(device, numel=25_557_032 if on_gpu else 1 << 16)  # resnet50's parameter count
     note = "" if on_gpu else "no GPU: tiny model (resnet18, 32 px, batch 4, 2 steps): GPU figures need a GPU"
     table = Table(title=f"gpu: {arch} at {size} px, batch {batch}, {steps} steps, {device} ({torch.__version__})", title_justify="left")
-    for column in ("what", "figure"):
+    for column in ("what", "figure", "data wait", "GPU busy"):
         table.add_column(column)
+    share = lambda value: "" if value is None else f"{value:.0%}"
     for name, result in results.items():
-        figure = f"{result['gb_per_s']:.2f} GB/s ({result['seconds'] * 1e3:.2f} ms)" if "gb_per_s" in result else f"{result['images_per_s']:.1f} images/s"
-        table.add_row(name, figure)
+        if "gb_per_s" in result:
+            table.add_row(name, f"{result['gb_per_s']:.2f} GB/s ({result['seconds'] * 1e3:.2f} ms, {result['backend']})", "", "")
+        else:
+            table.add_row(name, f"{result['images_per_s']:.1f} images/s", share(result.get("data_wait_share")),
+                          share(result.get("gpu_busy_share")))
+    ceiling = results["train_on_device"]["images_per_s"]
+    table.add_row("tl pipeline / on device", f"{results['train_tl_pipeline']['images_per_s'] / ceiling:.0%}", "", "")
+    table.add_row("tl pipeline / reference loop",
+                  f"{results['train_tl_pipeline']['images_per_s'] / results['train_reference_loop']['images_per_s']:.2f}x", "", "")
     Console().print(table)
+    print(f"train_tl_pipeline read {pipeline}")
     if note:
         print(note)
     return {"bench": "gpu", "device": torch.cuda.get_device_name() if on_gpu else "cpu", "arch": arch, "size": size, "batch_size": batch,
-            "steps": steps, "precision": str(dtype).replace("torch.", ""), "num_workers": workers, "note": note,
+            "steps": steps, "precision": str(dtype).replace("torch.", ""), "num_workers": workers, "note": note, "pipeline": pipeline,
             "prepare_seconds": prepare_seconds, **results}
 
 
-def _all_reduce(device, numel: int) -> dict:
-    """One all-reduce (sum) of ``numel`` float32 through accelerate's ``reduce`` in this process (one-process group:
-    the cost of the call path, not of a network), median of 5 after a warm-up."""
-    import torch
-    from accelerate import Accelerator
+def _streamed_train(images: Path, size: int):
+    """tl's training dataset over the image folder itself (decoded per step), for when shards cannot be written."""
+    from tl.config import DataConfig
+    from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.transforms import eval_transform, train_pixels
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
 
-    accelerator = Accelerator(cpu=device.type == "cpu")
-    tensor = torch.ones(numel, device=accelerator.device)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        accelerator.reduce(tensor, reduction="sum")
-        torch.cuda.synchronize() if device.type == "cuda" else None
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[1:])
-    return {"seconds": seconds, "gb_per_s": numel * 4 / seconds / 1e9, "numel": numel, "processes": accelerator.num_processes}
+    tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    data = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0, train_tf=train_pixels(size=size),
+                          eval_tf=eval_transform(**tf))
+    return EpochSeeded(data.train, 0)
+
+
+def _all_reduce(device, numel: int) -> dict:
+    """An all-reduce (sum) of ``numel`` float32 through accelerate in a one-process group that accelerate itself
+    initialises (NCCL on a GPU, gloo on the CPU), run as a child process (``all_reduce.py``), median of 5."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    command = [sys.executable, str(Path(__file__).with_name("all_reduce.py")), str(numel)] + ([] if device.type == "cuda" else ["--cpu"])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return {"seconds": float("nan"), "gb_per_s": float("nan"), "numel": numel, "processes": 0, "backend": "failed",
+                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
