@@ -64,7 +64,7 @@ def test_a_crop_drawn_before_decoding_is_drawn_on_the_upright_picture(tmp_path):
 
 
 def test_a_damaged_exif_block_leaves_the_picture_as_stored(tmp_path):
-    path = stored_sideways(tmp_path / "photo.jpg", 1)
+    path = stored_sideways(tmp_path / "photo.jpg", 6)  # would be turned to 480x640 if the tag could be read
     data = bytearray(path.read_bytes())
     at = data.find(b"Exif\x00\x00")
     data[at + 6: at + 16] = b"\xff" * 10  # the TIFF header of the EXIF block

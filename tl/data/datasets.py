@@ -179,19 +179,37 @@ def _from_file_list(manifest: Path | None, root: Path,
     if recorded is not None:
         sizes.update({path: size for name, samples in parts.items() for (path, _), size in zip(samples, recorded[name])})
     elif facts is not None:  # a folder of the list changed: say what the list leaves out
-        _count_unlisted(root, keyed, manifest)
+        _count_unlisted(root, keyed, manifest, sizes)
     return classes, parts
 
 
-def _count_unlisted(root: Path, keyed: dict[str, list[tuple[str, int]]], manifest: Path) -> None:
-    """Warn about images added to the list's folders since it was made (a resumed run or `tl eval` keeps its
-    files on purpose; a run started on a `tl split` split may not expect it). One listing of those folders."""
+def _count_unlisted(root: Path, keyed: dict[str, list[tuple[str, int]]], manifest: Path, sizes: dict[Path, int]) -> None:
+    """Warn about images added to the list's folders since it was made (a resumed run or `tl eval` keeps its files
+    on purpose; a run started on a `tl split` split may not expect it). One listing of each folder that holds a
+    listed file, not of its sub-folders; the sizes it reads go into ``sizes``, so the fingerprint needs no stat of
+    its own (the same one stat per file as a build without a cached list). Images in new class folders are not
+    counted: they cannot be in the run's classes."""
     listed = {key for pairs in keyed.values() for key, _ in pairs}
-    unlisted = [relative_key(path, root) for folder in sorted({os.path.dirname(key) for key in listed})
-                for path in scan_images(root / folder) if relative_key(path, root) not in listed]
+    unlisted = []
+    for folder in sorted({os.path.dirname(key) for key in listed}):
+        try:
+            entries = list(os.scandir(root / folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            key = os.path.join(folder, entry.name)
+            try:
+                if key in listed:
+                    sizes[root / key] = entry.stat().st_size
+                elif entry.is_file():
+                    unlisted.append(key)
+            except OSError:
+                continue
     if unlisted:
-        log.warning(f"data: {len(unlisted)} image(s) added since {manifest} listed the files (e.g. {unlisted[0]}) are "
-                    "left out; to use them, start a new run in another --out (after `tl split --overwrite` for a split)")
+        log.warning(f"data: {len(unlisted)} image(s) added since {manifest} listed the files (e.g. {sorted(unlisted)[0]}) "
+                    "are left out; to use them, start a new run in another --out (after `tl split --overwrite` for a split)")
 
 
 def _keep_file_list(manifest: Path | None, root: Path, classes: list[str], parts: dict[str, list[tuple[Path, int]]],

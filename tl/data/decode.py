@@ -99,6 +99,8 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 def orientation(image: Image.Image) -> int:
     """The EXIF orientation (1 = upright; 2-8 mirrored and/or turned) of an opened image; 1 when absent or damaged."""
+    if image.format == "PNG" and "exif" not in image.info:  # not before the pixels: Pillow would decode them all to look
+        return 1
     try:
         value = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # damaged EXIF: the pixels are still readable, as they are
@@ -188,11 +190,8 @@ def map_box(box: Box, full_size: tuple[int, int], decoded_size: tuple[int, int])
     (width, height), (decoded_width, decoded_height) = full_size, decoded_size
     if (decoded_width, decoded_height) == (width, height):
         return box
-    scale = max(1, round(width / decoded_width))
-    if -(-width // scale) != decoded_width or -(-height // scale) != decoded_height:  # not a DCT scale: proportional
-        sx, sy = width / decoded_width, height / decoded_height
-    else:
-        sx = sy = scale
+    scale = next((d for d in (2, 4, 8) if (-(-width // d), -(-height // d)) == (decoded_width, decoded_height)), None)
+    sx, sy = (scale, scale) if scale else (width / decoded_width, height / decoded_height)  # not a DCT scale: proportional
     top, left, box_height, box_width = box
     edge = lambda value, step, limit: min(limit, math.floor(value / step + 0.5))
     top2, left2 = edge(top, sy, decoded_height - 1), edge(left, sx, decoded_width - 1)

@@ -62,4 +62,6 @@ class DeviceAugment:
         theta = torch.stack([torch.stack([width * flip, zeros, centre_x], 1), torch.stack([zeros, height, centre_y], 1)], 1)
         grid = F.affine_grid(theta, [count, 3, self.size, self.size], align_corners=False)
         pixels = F.grid_sample(images.float() / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        return (pixels - self.mean.to(device)) / self.std.to(device)
+        if self.mean.device != device:  # once: a copy from pageable host memory on every batch would wait for the GPU
+            self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return (pixels - self.mean) / self.std

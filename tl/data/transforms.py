@@ -99,12 +99,16 @@ class BatchNormalize:
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
+        self._on: dict = {}  # device -> (scale, shift) there: a copy from pageable host memory per batch waits for the GPU
 
     def __call__(self, images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device,
                           memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         out.copy_(images)
-        return out.mul_(self.scale.to(images.device)).add_(self.shift.to(images.device))
+        if images.device not in self._on:
+            self._on[images.device] = (self.scale.to(images.device), self.shift.to(images.device))
+        scale, shift = self._on[images.device]
+        return out.mul_(scale).add_(shift)
 
 
 def eval_transform(*, size: int, resize: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:

@@ -191,6 +191,8 @@ def check_same_run(out: Path, cfg_dict: dict[str, Any], class_names: list[str]) 
                           ("finetune", ("strategy",))):
         for key in keys:
             before, now = saved["config"][section].get(key), cfg_dict[section].get(key)
+            if key == "dataset":  # hf:prepared and hf:/abs/prepared are the same folder (an inferred one is absolute)
+                before, now = _same_folder(before), _same_folder(now)
             if before != now:
                 differences.append(f"{key} {before!r} -> {now!r}")
     if saved.get("class_names") != class_names:
@@ -198,6 +200,13 @@ def check_same_run(out: Path, cfg_dict: dict[str, Any], class_names: list[str]) 
     if differences:
         raise TLError(f"--resume: this is not the run in {out}: {'; '.join(differences)}",
                       "resume with the run's own flags (its config.json), or choose another --out")
+
+
+def _same_folder(dataset: Any) -> Any:
+    """``hf:<local folder>`` with the folder resolved, so a relative and an absolute spelling compare equal."""
+    if isinstance(dataset, str) and dataset.startswith("hf:") and Path(dataset[3:]).is_dir():
+        return f"hf:{Path(dataset[3:]).resolve()}"
+    return dataset
 
 
 class StopRequest:
