@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's device check as one prepared script: `scripts/bench.py gpu` (and the loader bench) on a lent GPU machine.
+# Issue 16's device check as one prepared script: `scripts/bench.py gpu` on a lent GPU machine.
 #
 #   here, before asking for a machine:   bash scripts/gpu_bench.sh fetch
 #       downloads the wheels the GPU machine's image lacks (Hugging Face datasets, dill, multiprocess; Python 3.12)
@@ -18,7 +18,7 @@ case "${1:-run}" in
     PYTHON=${PYTHON:-.venv/bin/python}
     "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
-      -d "$WHEELS" datasets dill multiprocess
+      -d "$WHEELS" datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19  # the versions tested here
     ls -l "$WHEELS"
     ;;
   run)
@@ -30,7 +30,7 @@ case "${1:-run}" in
         || "$PYTHON" -m pip install -q --no-deps --no-index --find-links "$WHEELS" datasets dill multiprocess \
         || echo "gpu_bench: could not install the carried wheels; tl's pipeline will read the image folder" >&2
     fi
-    nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+    { nvidia-smi; df -h /dev/shm; } > "$OUT/nvidia-smi.txt" 2>&1 || true  # loader workers share batches through /dev/shm
     export PYTHONPATH="$PWD" HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     "$PYTHON" -c "import torch, torchvision, accelerate; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
     "$PYTHON" scripts/bench.py gpu --json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"

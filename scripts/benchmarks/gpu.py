@@ -73,7 +73,7 @@ def _gpu_busy_share(step, batches, steps: int, device) -> float | None:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:  # CUDA alone has recorded nothing
         start = time.perf_counter()
         for _ in range(steps):
             step(*next(batches))
@@ -81,7 +81,9 @@ def _gpu_busy_share(step, batches, steps: int, device) -> float | None:
         seconds = time.perf_counter() - start
     # the kernels' own events, as torch.profiler's table totals "Self CUDA" (the ops that launch them would count twice)
     kernels = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
-    return sum(e.self_device_time_total for e in kernels) / 1e6 / seconds
+    if not kernels:  # the profiler saw no device events: say nothing rather than 0%
+        return None
+    return sum(e.self_device_time_total for e in kernels) / 1e6 / seconds  # kernels and copies on the one stream
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -194,8 +196,12 @@ def _all_reduce(device, numel: int) -> dict:
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     command = [sys.executable, str(Path(__file__).with_name("all_reduce.py")), str(numel)] + ([] if device.type == "cuda" else ["--cpu"])
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    failed = {"seconds": float("nan"), "gb_per_s": float("nan"), "numel": numel, "processes": 0, "backend": "failed"}
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:  # a hung NCCL set-up must not cost the other figures
+        return {**failed, "error": "no answer in 120 s"}
     if done.returncode != 0:
-        return {"seconds": float("nan"), "gb_per_s": float("nan"), "numel": numel, "processes": 0, "backend": "failed",
-                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        return {**failed, "error": next((line for line in reversed(lines) if "Error" in line), lines[-1])}
     return json.loads(done.stdout.strip().splitlines()[-1])
