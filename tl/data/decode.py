@@ -140,20 +140,16 @@ def read_image(path: str | Path, min_short_side: int | None = None):
 def read_image_sized(path: str | Path, min_short_side: int | None = None):
     """(``read_image``'s image, the file's full upright (width, height)): the decoded-image cache keeps both, so a
     crop drawn on the full size (``read_image_region``) can be taken from its reduced copy (``map_box``)."""
-    path = Path(path)
-    header = _read_header(path)
-    if header is None:
-        image = load_rgb(path)  # gives the reason in PIL's words
-        return image, image.size
-    (width, height), fast, turn = header
-    image = to_upright(_decode(path, jpeg_scale(width, height, min_short_side) if fast else 1, fast), turn)
-    return image, _upright_size((width, height), turn)
+    full_size = []  # the whole picture is the region: its short side decides the scale, as read_image_region's box does
+    image, _ = read_image_region(path, lambda width, height: full_size.append((width, height)) or (0, 0, height, width),
+                                 min_short_side)
+    return image, full_size[0]
 
 
 Box = tuple[int, int, int, int]  # top, left, height, width: torchvision's crop order
 
 
-def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min_side: int):
+def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min_side: int | None):
     """(image, box) for a crop drawn before decoding: training's random resized crop, whose box depends only on
     the image's size. ``draw_box(width, height)`` gets the size from the file's header and returns the crop in
     full-size pixels; a JPEG is then decoded at the largest DCT scale that leaves the crop's short side >=
