@@ -44,9 +44,13 @@ def test_a_cached_file_list_is_fingerprinted_from_its_recorded_sizes(tmp_path, m
     again = _build(root, manifest)
     assert again.fingerprint == first.fingerprint and len(seen) == 3 < files  # a sample, not every file
 
+    sampled = {os.fspath(path) for path in seen}
     write_image(root / "train" / "cat" / "late.png", (1, 2, 3))
     seen.clear()  # a file added to a listed folder changes its mtime: every file is looked at, the data are the same
-    assert _build(root, manifest).fingerprint == first.fingerprint and len(seen) == files
+    assert _build(root, manifest).fingerprint == first.fingerprint
+    outside = next(path for path, _ in first.val.samples if os.fspath(path) not in sampled)  # in a folder that did not change
+    outside.write_bytes(outside.read_bytes() + b"\0")
+    assert _build(root, manifest).fingerprint != first.fingerprint  # so a size changed outside the sample is seen
 
     monkeypatch.setattr(splits, "FINGERPRINT_SAMPLE", 1000)  # every file sampled: a changed size is seen
     victim = first.train.samples[0][0]

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tl.config import DataConfig
+from tl.data import splits
 from tl.data.decode import read_image
 from tl.data.splits import cache_file_list, cached_file_list, current_sizes, folder_times, split_with_manifest, stratified_split
 from tl.data.synthetic import SyntheticShapes
@@ -185,30 +186,10 @@ def _from_file_list(manifest: Path | None, root: Path,
 
 def _count_unlisted(root: Path, keyed: dict[str, list[tuple[str, int]]], manifest: Path, sizes: dict[Path, int]) -> None:
     """Warn about images added to the list's folders since it was made (a resumed run or `tl eval` keeps its files
-    on purpose; a run started on a `tl split` split may not expect it). One listing of each folder that holds a
-    listed file, not of its sub-folders; the sizes it reads go into ``sizes``, so the fingerprint needs no stat of
-    its own (the same one stat per file as a build without a cached list). Images in new class folders are not
-    counted: they cannot be in the run's classes."""
-    listed = {key for pairs in keyed.values() for key, _ in pairs}
-    unlisted = []
-    for folder in sorted({os.path.dirname(key) for key in listed}):
-        try:
-            entries = list(os.scandir(root / folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            key = os.path.join(folder, entry.name)
-            try:
-                if key in listed:
-                    sizes[root / key] = entry.stat().st_size
-                elif entry.is_file():
-                    unlisted.append(key)
-            except OSError:
-                continue
+    on purpose; a run started on a `tl split` split may not expect it); ``splits.unlisted_files`` says which."""
+    unlisted = splits.unlisted_files(root, keyed, sizes, IMAGE_EXTENSIONS)
     if unlisted:
-        log.warning(f"data: {len(unlisted)} image(s) added since {manifest} listed the files (e.g. {sorted(unlisted)[0]}) "
+        log.warning(f"data: {len(unlisted)} image(s) added since {manifest} listed the files (e.g. {unlisted[0]}) "
                     "are left out; to use them, start a new run in another --out (after `tl split --overwrite` for a split)")
 
 
