@@ -70,3 +70,12 @@ def test_a_damaged_exif_block_leaves_the_picture_as_stored(tmp_path):
     data[at + 6: at + 16] = b"\xff" * 10  # the TIFF header of the EXIF block
     path.write_bytes(bytes(data))
     assert tuple(read_image(path).shape) == (3, 480, 640)
+
+
+def test_check_data_reports_the_upright_size(tmp_path):
+    """`tl check-data` describes files as tl decodes them: a portrait photo stored sideways is 480 wide, 640 high."""
+    from tl.data.check import probe_file
+
+    for decode in (False, True):
+        assert probe_file(str(stored_sideways(tmp_path / "portrait.jpg", 6)), decode)["size"] == (480, 640)
+        assert probe_file(str(stored_sideways(tmp_path / "landscape.jpg", 1)), decode)["size"] == (640, 480)

@@ -65,6 +65,8 @@ def probe_file(path: str, decode: bool) -> dict[str, Any]:
     """Size, hash (when decoding), format/mode/size from the header, and the reason it is unreadable, if it is."""
     from PIL import Image, UnidentifiedImageError
 
+    from tl.data.decode import orientation, upright_size
+
     found: dict[str, Any] = {"nbytes": os.path.getsize(path)}
     if found["nbytes"] == 0:
         return found | {"problem": "empty file (0 bytes)"}
@@ -73,7 +75,7 @@ def probe_file(path: str, decode: bool) -> dict[str, Any]:
         found["digest"] = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            found |= {"format": image.format, "mode": image.mode, "size": image.size}
+            found |= {"format": image.format, "mode": image.mode, "size": upright_size(image.size, orientation(image))}
             if decode:
                 image.load()
                 found["colours"] = _few_colours(image)

@@ -162,14 +162,15 @@ def read_image_region(path: str | Path, draw_box: Callable[[int, int], Box], min
     header = _read_header(path)
     image = load_rgb(path) if header is None else None
     (width, height), fast, turn = header if header is not None else (image.size, False, 1)
-    width, height = _upright_size((width, height), turn)
+    width, height = upright_size((width, height), turn)
     box = draw_box(width, height)
     if image is None:
         image = to_upright(_decode(path, jpeg_scale(box[3], box[2], min_side) if fast else 1, fast), turn)
     return image, map_box(box, (width, height), image_size(image))
 
 
-def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+def upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) of a picture stored as ``size`` once turned by its EXIF ``orientation``."""
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
