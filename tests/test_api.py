@@ -38,6 +38,9 @@ def test_train_without_progress_prints_nothing(data, tmp_path, capfd):
     tl.train(dataset="imagefolder", data_dir=data, out=tmp_path / "quiet", progress=False, **{**TINY, "epochs": 1})
     out, err = capfd.readouterr()
     assert out == "" and "epoch 1" not in err
+    tl.train(data_dir=data, out=tmp_path / "inferred", progress=False, **{**TINY, "epochs": 1})  # the dataset inferred
+    out, err = capfd.readouterr()
+    assert out == "" and "inferred" not in err and "epoch 1" not in err
 
 
 def test_load_accepts_run_folder_checkpoint_and_file(run):

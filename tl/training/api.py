@@ -48,7 +48,10 @@ def train(*, config: str | Path | None = None, progress: bool = True, num_proces
 
     ``num_processes`` > 1 starts that many processes through accelerate's ``notebook_launcher`` (one per GPU).
     """
-    cfg = to_config(resolve(options, Path(config) if config else None))
+    from tl.progress import quiet
+
+    with quiet(not progress):  # resolving says which dataset a data_dir was read as: a line of the plan
+        cfg = to_config(resolve(options, Path(config) if config else None))
     return train_config(cfg, progress=progress, num_processes=num_processes)
 
 
