@@ -67,10 +67,8 @@ def prepared_train(args: argparse.Namespace, images: Path, size: int):
     """(tl's training dataset over ``--prepared``, or over shards ``tl prepare`` writes from ``images`` now; the
     seconds that took, 0 when given). Short side: the eval resize of ``size`` (256 for 224), as the README says."""
     from tl.config import DataConfig
-    from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.datasets import EpochSeeded
     from tl.data.prepare import prepare
-    from tl.data.transforms import eval_transform, train_pixels
-    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
 
     prepared, seconds = args.prepared, 0.0
     if prepared is None:
@@ -78,9 +76,18 @@ def prepared_train(args: argparse.Namespace, images: Path, size: int):
         start = time.perf_counter()
         prepare(DataConfig(dataset="imagefolder", data_dir=str(images)), prepared, short_side=round(size / 0.875))
         seconds = time.perf_counter() - start
+    return EpochSeeded(tl_datasets(DataConfig(dataset=f"hf:{prepared}"), size).train, 0), seconds
+
+
+def tl_datasets(config, size: int):
+    """``config``'s datasets with tl train's transforms at ``size``: uint8 crops for training (``train_pixels``),
+    the eval resize of size / 0.875 (256 for 224)."""
+    from tl.data.datasets import build_datasets
+    from tl.data.transforms import eval_transform, train_pixels
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
+
     tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    data = build_datasets(DataConfig(dataset=f"hf:{prepared}"), seed=0, train_tf=train_pixels(size=size), eval_tf=eval_transform(**tf))
-    return EpochSeeded(data.train, 0), seconds
+    return build_datasets(config, seed=0, train_tf=train_pixels(size=size), eval_tf=eval_transform(**tf))
 
 
 def report_runs(title: str, runs: dict[str, list[float]], *, baseline: str, candidate: str) -> tuple[dict[str, float], float]:

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import predict_dir_rate, prepared_train, quick_checkpoint, train_images
+from benchmarks.common import predict_dir_rate, prepared_train, quick_checkpoint, tl_datasets, train_images
 
 HELP = "training, input pipeline, predict-dir and all-reduce on a GPU (tiny on a CPU)"
 
@@ -172,14 +172,9 @@ def run(args: argparse.Namespace) -> dict:
 def _streamed_train(images: Path, size: int):
     """tl's training dataset over the image folder itself (decoded per step), for when shards cannot be written."""
     from tl.config import DataConfig
-    from tl.data.datasets import EpochSeeded, build_datasets
-    from tl.data.transforms import eval_transform, train_pixels
-    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
+    from tl.data.datasets import EpochSeeded
 
-    tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    data = build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0, train_tf=train_pixels(size=size),
-                          eval_tf=eval_transform(**tf))
-    return EpochSeeded(data.train, 0)
+    return EpochSeeded(tl_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), size).train, 0)
 
 
 def _all_reduce(device, numel: int) -> dict:

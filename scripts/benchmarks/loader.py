@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_info, prepared_train, quick_images, report_runs
+from benchmarks.common import machine_info, prepared_train, quick_images, report_runs, tl_datasets
 
 HELP = "tl's training input pipeline vs ImageFolder + PIL transforms (images/s)"
 
@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> dict:
     from torchvision import transforms as T
 
     from tl.config import DataConfig
-    from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.datasets import EpochSeeded
     from tl.data.image_cache import auto_budget, preload
-    from tl.data.transforms import BatchNormalize, eval_transform, train_pixels
+    from tl.data.transforms import BatchNormalize
     from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
 
     images = args.images
@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     size = args.size
     baseline = tv_datasets.ImageFolder(str(images / "train"), transform=T.Compose([
         T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
-    tf = dict(size=size, resize=round(size / 0.875), mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    build = lambda: build_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), seed=0,
-                                   train_tf=train_pixels(size=size), eval_tf=eval_transform(**tf))
+    build = lambda: tl_datasets(DataConfig(dataset="imagefolder", data_dir=str(images)), size)
     normalize = BatchNormalize(IMAGENET_MEAN, IMAGENET_STD)
     streamed = EpochSeeded(build().train, 0)
     cached_data = build()
