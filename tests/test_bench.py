@@ -15,12 +15,17 @@ from tests.conftest import ROOT, write_image
 
 
 def run_bench(tmp_path: Path, *args: str, **env: str):
-    """``scripts/bench.py ARGS --json OUT`` as a user runs it, from another folder: (the finished process, its JSON)."""
-    out = tmp_path / "bench.json"
+    """``scripts/bench.py ARGS --json OUT`` as a user runs it, from another folder: (the finished process, its JSON).
+
+    Its temporary folder is a fresh one, empty of the bench's scratch folders when it ends (generated photos, runs
+    and checkpoints are hundreds of MB: kept, they filled a CI machine's disk)."""
+    out, scratch = tmp_path / "bench.json", tmp_path / "tmp"
+    scratch.mkdir()
     command = [sys.executable, str(ROOT / "scripts" / "bench.py"), *args, "--json", str(out)]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env}
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TMPDIR": str(scratch), **env}
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(scratch.glob("tl-bench-*")), "the bench left its scratch folders behind"
     return result, json.loads(out.read_text())
 
 

@@ -4,12 +4,21 @@ the report tables, peak memory and the machine's facts. Imports nothing from the
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+def scratch_dir(prefix: str = "tl-bench-") -> Path:
+    """A new temporary folder, removed when the bench exits (generated photos and runs are hundreds of MB)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def quick_images(folder: Path, count: int = 64) -> Path:
@@ -43,7 +52,7 @@ def train_images(args: argparse.Namespace) -> Path:
     """``--images``, or 2 classes x 48 generated photo-sized JPEGs (val is train: only speed is measured)."""
     if args.images is not None:
         return args.images
-    images = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "data"
+    images = scratch_dir() / "data"
     for name in ("a", "b"):
         (images / "train" / name).mkdir(parents=True)
         quick_images(images / "train" / name, args.per_class)
@@ -72,7 +81,7 @@ def prepared_train(args: argparse.Namespace, images: Path, size: int):
 
     prepared, seconds = args.prepared, 0.0
     if prepared is None:
-        prepared = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "prepared"
+        prepared = scratch_dir() / "prepared"
         start = time.perf_counter()
         prepare(DataConfig(dataset="imagefolder", data_dir=str(images)), prepared, short_side=round(size / 0.875))
         seconds = time.perf_counter() - start

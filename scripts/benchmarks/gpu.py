@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import predict_dir_rate, prepared_train, quick_checkpoint, tl_datasets, train_images
+from benchmarks.common import predict_dir_rate, prepared_train, quick_checkpoint, scratch_dir, tl_datasets, train_images
 
 HELP = "training, input pipeline, predict-dir and all-reduce on a GPU (tiny on a CPU)"
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     model, opt = model_and_optimizer(False)
     results["train_reference_loop"] = _train_steps(model, loader(reference), steps, device=device, dtype=None,
                                                    channels_last=False, normalize=None, optimizer=opt)
-    scratch = Path(tempfile.mkdtemp(prefix="tl-bench-"))
+    scratch = scratch_dir()
     predict_args = argparse.Namespace(batch_size=0 if on_gpu else batch, num_workers=workers, precision="auto")
     results["predict_dir"] = {"images_per_s": predict_dir_rate(quick_checkpoint(scratch, arch, size), images / "train", scratch / "p.csv", predict_args)}
     results["all_reduce"] = _all_reduce(device, numel=25_557_032 if on_gpu else 1 << 16)  # resnet50's parameter count

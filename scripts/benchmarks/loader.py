@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_info, prepared_train, quick_images, report_runs, tl_datasets
+from benchmarks.common import machine_info, prepared_train, quick_images, report_runs, scratch_dir, tl_datasets
 
 HELP = "tl's training input pipeline vs ImageFolder + PIL transforms (images/s)"
 
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
 
     images = args.images
     if images is None:
-        images = Path(tempfile.mkdtemp(prefix="tl-bench-")) / "data"
+        images = scratch_dir() / "data"
         for name in ("a", "b"):
             (images / "train" / name).mkdir(parents=True)
             quick_images(images / "train" / name, 48)

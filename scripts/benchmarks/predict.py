@@ -17,11 +17,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_info, predict_dir_rate, quick_checkpoint, quick_images, report_runs
+from benchmarks.common import machine_info, predict_dir_rate, quick_checkpoint, quick_images, report_runs, scratch_dir
 
 HELP = "tl predict-dir vs a per-image loop (images/s)"
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     from tl.models.checkpoint import read_meta
 
     logging.getLogger("tl").disabled = True  # progress lines would be timed too
-    scratch = Path(tempfile.mkdtemp(prefix="tl-bench-"))
+    scratch = scratch_dir()
     if args.images is None:
         (scratch / "images").mkdir()
     images = args.images or quick_images(scratch / "images")
@@ -108,7 +107,8 @@ def run(args: argparse.Namespace) -> dict:
 def whole_process(checkpoint: Path, meta: dict, images: Path, files: list[Path], scratch: Path, args: argparse.Namespace) -> dict:
     """Seconds from start to exit of each program over ``images`` and over a folder of one image, alternating
     their order each repeat after one untimed start of each (so that no program pays for a cold file cache
-    alone); then ``tl train``'s. Every CSV is deleted before its run and must hold one row per image after it."""
+    alone); then ``tl train``'s. Every CSV is deleted before its run and must hold one row per image after it. The
+    CSVs of the whole folder stay beside ``--json`` (the scratch folder goes when the bench exits)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     one = scratch / "one"
     one.mkdir()
@@ -117,13 +117,15 @@ def whole_process(checkpoint: Path, meta: dict, images: Path, files: list[Path],
                 *(["--num-workers", str(args.num_workers)] if args.num_workers != -1 else []),
                 *(["--precision", args.precision] if args.precision != "auto" else [])]
 
-    def programs(folder: Path, tag: str) -> dict[str, tuple[list[str], Path]]:
-        loop_csv, tl_csv = scratch / f"loop_{tag}.csv", scratch / f"tl_{tag}.csv"
+    def programs(folder: Path, tag: str, keep: bool) -> dict[str, tuple[list[str], Path]]:
+        into = args.json.parent if keep else scratch
+        into.mkdir(parents=True, exist_ok=True)
+        loop_csv, tl_csv = into / f"{args.json.stem}_loop_{tag}.csv", into / f"{args.json.stem}_tl_{tag}.csv"
         return {LOOP: ([sys.executable, str(LOOP_SCRIPT), str(folder), str(checkpoint), str(loop_csv)], loop_csv),
                 TL: ([sys.executable, "-m", "tl.predict_dir", str(folder), "--checkpoint", str(checkpoint),
                       "--out", str(tl_csv), "--overwrite", *tl_flags], tl_csv)}
 
-    full, single = programs(images, "all"), programs(one, "one")
+    full, single = programs(images, "all", keep=True), programs(one, "one", keep=False)
     train = [sys.executable, "-m", "tl.train", "--dataset", "imagefolder", "--data-dir", str(four_images(scratch / "train4")),
              "--arch", meta["arch"], "--image-size", str(meta["input_size"]), "--weights", "none", "--epochs", "1",
              "--out", str(scratch / "train_run"), "--overwrite"]

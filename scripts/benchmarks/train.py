@@ -11,11 +11,10 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, machine_info, report_table, train_images
+from benchmarks.common import PeakMemory, machine_info, report_table, scratch_dir, train_images
 
 HELP = "tl train vs the tutorials' training loop (images/s)"
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     logging.getLogger("tl").disabled = True  # progress lines would be timed too
     images = train_images(args)
     workers = num_workers(args.num_workers, 1)
-    scratch = Path(tempfile.mkdtemp(prefix="tl-bench-train-"))
+    scratch = scratch_dir("tl-bench-train-")
     baseline, candidate = "tutorial loop", "tl train"
     runs: dict[str, list[dict]] = {baseline: [], candidate: []}
     load_before = os.getloadavg()
