@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +39,21 @@ def make_image_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_
                 write_image(root / split / name / f"img_{i}{suffix}", colour, size, mode,
                             seed=1000 * split_index + 100 * class_index + i)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _caplog_hears_tl(request):
+    """caplog listens on the root logger, and tl's logger does not propagate there once a command set it up (its
+    own handler prints each line once): a test that asks for caplog gets its handler on tl's logger as well."""
+    if "caplog" not in request.fixturenames:
+        yield
+        return
+    handler, logger = request.getfixturevalue("caplog").handler, logging.getLogger("tl")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -20,3 +20,15 @@ class TLError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class Stopped(KeyboardInterrupt):
+    """A run that was asked to stop (Ctrl-C, a notebook's interrupt, SIGTERM/SIGUSR1 as SLURM sends) and stopped
+    cleanly. A KeyboardInterrupt, so that an interrupt from Python stays one (``except Exception`` does not swallow
+    it); ``tl train`` turns it into exit code EXIT_REQUEUE and the command-line hint."""
+
+    def __init__(self, signal_name: str, state_dir: str | None) -> None:
+        self.signal_name, self.state_dir = signal_name, state_dir
+        self.where = (f"state saved in {state_dir}" if state_dir else
+                      "stopped before the first training step (states saved earlier are kept)")
+        super().__init__(f"{signal_name}: {self.where}; continue with tl.train(..., resume='auto')")

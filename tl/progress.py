@@ -55,10 +55,13 @@ def is_quiet() -> bool:
 def setup_logging(is_main: bool) -> None:
     """One plain line per message on the main process; warnings only elsewhere."""
     logger = logging.getLogger("tl")
-    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+    # Found by a mark, not by class: a notebook's %autoreload makes a new _CurrentStderr class, and a second handler.
+    if not any(getattr(h, "tl_stderr", False) for h in logger.handlers):
         handler = _CurrentStderr()
+        handler.tl_stderr = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    logger.propagate = False  # tl prints its own lines: a root handler (logging.basicConfig) would print each twice
     logger.setLevel(logging.INFO if is_main and not _quiet else logging.WARNING)
 
 

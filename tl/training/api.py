@@ -8,9 +8,10 @@ raises ``tl.TLError`` on bad input instead of exiting.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tl.config import TrainConfig
 from tl.errors import TLError
@@ -34,7 +35,9 @@ class Run:
         """One dict per epoch, from ``OUT/metrics.jsonl`` (the last line of an epoch that was run twice wins)."""
         by_epoch: dict[int, dict[str, Any]] = {}
         path = self.out / "metrics.jsonl"
-        for line in path.read_text().splitlines() if path.is_file() else []:
+        if not path.is_file():
+            raise TLError(f"{path} is gone: the run's metrics cannot be read", "was its folder moved or deleted?")
+        for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
@@ -64,9 +67,30 @@ def train_config(cfg: TrainConfig, *, progress: bool = True, num_processes: int 
     else:
         from tl.training.run import run
 
-        with quiet(not progress):
+        with quiet(not progress), _random_state_kept():
             best = run(cfg)
-    return Run(out=Path(cfg.run.out), best=best, config=cfg)
+    return Run(out=Path(cfg.run.out).absolute(), best=best, config=cfg)  # still right after os.chdir (%cd)
+
+
+@contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """A run seeds Python's, NumPy's and torch's global generators for itself; the caller's streams go on afterwards
+    as if it had not run (a notebook's own random draws do not all restart from the run's seed)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _launch(cfg: TrainConfig, progress: bool, num_processes: int) -> None:

@@ -125,6 +125,14 @@ def command(
     if print_config:  # as given, not resolved: `weights: auto` stays auto, so the recipe adapts to its dataset
         print(to_yaml({name: parse_option(name, value) for name, value in options.items()}), end="")
         return
+    from tl.errors import EXIT_REQUEUE, Stopped
+    from tl.progress import log
     from tl.training.api import train_config
 
-    train_config(cfg)
+    try:
+        train_config(cfg)
+    except Stopped as stopped:  # SLURM's job script requeues on this code
+        log.warning(f"{stopped.where}; continue with the same command and --resume auto")
+        raise SystemExit(EXIT_REQUEUE)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        raise SystemExit(130)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tl.config import TrainConfig
 from tl.models.heads import ClassifierHead, get_head
+from tl.training.state import StopRequest, ignore_stop_signals
 
 log = logging.getLogger("tl")
 
@@ -94,7 +95,7 @@ class FeatureCache:
             return self.head(features).float()
 
     @torch.no_grad()
-    def build(self) -> bool:
+    def build(self, stop: StopRequest | None = None) -> bool:
         """Compute every split's features; False (and a log line) when the model's output turned out not to
         be its head's output, or the cache would be too large: the run then goes on without it."""
         modes = {module: module.training for module in self.model.modules()}
@@ -109,9 +110,12 @@ class FeatureCache:
                 # head's dropout would then see another stream than a run without the cache.
                 # Without gradients a larger batch fits and runs faster (oneDNN, cuDNN); results are per image.
                 loader = DataLoader(dataset, batch_size=max(2 * self.batch_size, 32), shuffle=False, num_workers=self.num_workers,
-                                    pin_memory=self.accelerator.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                                    pin_memory=self.accelerator.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                                    worker_init_fn=ignore_stop_signals)
                 parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
                 for images, labels, readable in loader:
+                    if stop is not None and stop.requested:  # one process only: the cache is off with several
+                        raise stop.stopped(None)
                     output = self.model(images.to(self.accelerator.device, non_blocking=True))
                     if not parts and not (isinstance(output, torch.Tensor) and torch.equal(output, captured["out"])):
                         log.info("feature cache: off, the model's output is not its head's output")
@@ -145,11 +149,13 @@ class FeatureCache:
         return CachedBatches(self, "val", lambda: (list(range(s, min(s + self.batch_size, count))) for s in starts), len(starts))
 
 
-def ready(cache: FeatureCache | None) -> tuple[FeatureCache | None, float]:
-    """(the cache to use this epoch, seconds spent building it now): built at first use; None if that failed."""
+def ready(cache: FeatureCache | None, stop: StopRequest | None = None) -> tuple[FeatureCache | None, float]:
+    """(the cache to use this epoch, seconds spent building it now): built at first use; None if that failed.
+
+    A stop asked for during the pass (it can take minutes) ends the run there: nothing new is trained yet to save."""
     if cache is None or cache.tensors:
         return cache, 0.0
-    return (cache, cache.seconds["train"]) if cache.build() else (None, 0.0)
+    return (cache, cache.seconds["train"]) if cache.build(stop) else (None, 0.0)
 
 
 def plan(cfg: TrainConfig, strategy: str, model: nn.Module, accelerator: Accelerator, datasets: dict[str, Dataset],

@@ -186,6 +186,7 @@ def train_one_epoch(
         "train_images_per_s": (count - seen_at_start) / seconds,
         "train_seconds": seconds,
         "data_wait_share": data_wait / seconds,
+        "train_count": int(count),
         "train_unreadable": int(total[3].item()),
     }, step, batch_index, sums)
 

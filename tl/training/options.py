@@ -66,7 +66,7 @@ def to_config(options: dict[str, Any], where: str = "tl train") -> TrainConfig:
     check_names(list(options), where)
     sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for name, value in options.items():
-        sections[SECTION_OF[name]][name] = parse_option(name, value)
+        sections[SECTION_OF[name]][name] = coerce(name, parse_option(name, value), where)
     return TrainConfig(**{section: SECTIONS[section](**values) for section, values in sections.items()})
 
 
@@ -102,23 +102,53 @@ _FIELD_TYPES = {f.name: str(f.type) for cls in SECTIONS.values() for f in datacl
 
 
 def _typed(name: str, value: Any, path: Path) -> Any:
-    """A recipe value as its field's type. YAML reads ``1e-3`` (no dot) as a string, and a hand-written file can hold
-    anything: a value that cannot be converted is one line naming the key."""
+    """A recipe value as its field's type (YAML reads ``1e-3``, with no dot, as a string)."""
+    return coerce(name, value, f"--config {path}")
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """``value`` as option ``name``'s declared type, whatever it came from: a recipe file can hold anything and
+    Python keywords are not typed, so ``epochs=1.5``, ``lr=None`` or ``overwrite="no"`` must not reach the run (a
+    float epoch count failed in the epoch loop, after --out was written). Strings of the right form are converted,
+    a whole float is an int, ``resume=True`` is ``"auto"``; anything else is one line naming the option."""
     kind = _FIELD_TYPES[name]
-    if value is None or not isinstance(value, str) or kind.startswith("str") or name in RGB_OPTIONS:
-        if kind == "bool" and not isinstance(value, bool):
-            raise TLError(f"--config {path}: {name} must be true or false, got {value!r}")
+    base, optional = kind.split(" | ")[0], kind.endswith("| None")
+    if name in RGB_OPTIONS or base not in _KINDS:
         return value
-    try:
-        if kind.startswith("float"):
+    if value is None:
+        if optional:
+            return None
+        raise TLError(f"{where}: {name} has no value (None)", f"give {_KINDS[base]}, e.g. {name}: {defaults()[name]!r}")
+    if name == "resume" and isinstance(value, bool):
+        return "auto" if value else None
+    converted = _convert(base, value)
+    if converted is None:
+        raise TLError(f"{where}: {name} must be {_KINDS[base]}, got {value!r}", f"e.g. {name}: {defaults()[name]!r}")
+    return converted
+
+
+def _convert(base: str, value: Any) -> Any:
+    """``value`` as ``base`` (int, float, bool or str), or None when it is not one."""
+    if isinstance(value, bool):  # before int: True is an int to Python, never a count or a rate here
+        return value if base == "bool" else None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return {"int": int, "float": float, "bool": lambda t: _BOOLS[t.lower()], "str": lambda t: value}[base](text)
+        except (ValueError, KeyError):
+            return None
+    if isinstance(value, (int, float)):
+        if base == "float":
             return float(value)
-        if kind.startswith("int"):
+        if base == "int" and float(value).is_integer():
             return int(value)
-        if kind.startswith("bool"):
-            return {"true": True, "false": False, "yes": True, "no": False}[value.lower()]
-    except (ValueError, KeyError):
-        raise TLError(f"--config {path}: {name} must be a {kind.split()[0]}, got {value!r}", f"e.g. {name}: {defaults()[name]}")
-    return value
+        if base == "str":
+            return str(value)  # arch: 5 is then an unknown architecture, said as such
+    return None
 
 
 def to_yaml(options: dict[str, Any]) -> str:

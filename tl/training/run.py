@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tl.config import TrainConfig
-from tl.errors import EXIT_REQUEUE, TLError
+from tl.errors import TLError
 
 
 def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str, Any]:
@@ -60,14 +60,16 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
                 train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
+        # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files may
+        # have changed since. The new listing is written beside it and takes its place when the run starts writing
+        # (start_files), so a replacement that fails first (a wrong --data-dir, no weights offline) leaves the old run
+        # whole. A split made for this run (tl split --out, tl reproduce) is pinned and kept.
         manifest = out / MANIFEST
-        if not candidates and accelerator.is_main_process and manifest.is_file() and (finished_run or not splits.is_pinned(manifest)):
-            # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files
-            # may have changed since. A split made for this run (tl split --out, tl reproduce) is pinned and kept.
-            manifest.unlink()
-            if not finished_run:
-                log.info(f"data: {manifest} of an earlier attempt that finished no epoch is replaced by a new listing")
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=out / MANIFEST, train_tf=train_tf)
+        replacing = not candidates and manifest.is_file() and (finished_run or not splits.is_pinned(manifest))
+        listing = manifest.with_name(MANIFEST + ".new") if replacing else manifest
+        if replacing and accelerator.is_main_process:
+            listing.unlink(missing_ok=True)  # a replacement that failed before
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
@@ -149,6 +151,10 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             report.truncate_metrics(out / "metrics.jsonl", progress.epoch)
         else:
             shutil.rmtree(state.state_root(out), ignore_errors=True)  # states of a replaced run must not be resumed
+            if replacing:  # a dataset that keeps no listing (synthetic) leaves none of the old run either
+                listing.replace(manifest) if listing.is_file() else manifest.unlink(missing_ok=True)
+                if not finished_run:
+                    log.info(f"data: {manifest} of an earlier attempt that finished no epoch is replaced by a new listing")
             report.write_config(out / "config.json", cfg, data, accelerator, strategy=strategy,
                                  backbone_lr_mult=backbone_lr_mult, image_size=size, **fast)
             (out / "metrics.jsonl").write_text("")
@@ -175,7 +181,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             if ctx.augment is not None:
                 ctx.augment.set_epoch(epoch)
             skip = progress.batches_done if epoch == progress.epoch else 0
-            cache, prep_seconds = feature_cache.ready(cache)  # at first use the backbone sees every image once
+            cache, prep_seconds = feature_cache.ready(cache, stop)  # at first use the backbone sees every image once
             fast["feature_cache"] = cache is not None
             loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             loader = cache.train_batches(train_loader, skip) if cache else loader
@@ -197,10 +203,14 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             step = result.step
             ctx.guard.check(accelerator, epoch)
             if result.metrics is None:
-                log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
-                raise SystemExit(EXIT_REQUEUE)
+                raise stop.stopped(state.state_root(out))
             val = evaluate(model, cache.val_batches() if cache else val_loader, accelerator, forward=cache.forward if cache else None)
             metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **val, **fast}
+            for split in ("train", "val"):  # reduced counts: every rank raises together
+                if not metrics[f"{split}_count"]:  # else its loss and accuracy would read 0 and a 0 loss would win
+                    raise TLError(f"not one {split} image could be read in epoch {epoch + 1}: all "
+                                  f"{metrics[f'{split}_unreadable']} are unreadable (each named in a warning above)",
+                                  "fix or replace them (`tl check-data` lists them all)")
             unreadable = metrics["train_unreadable"] + metrics["val_unreadable"]
             if cfg.data.strict and unreadable:  # reduced counts: every rank raises together
                 raise TLError(f"--strict: {unreadable} unreadable image(s) in epoch {epoch + 1} (each named in a warning above)",
@@ -231,8 +241,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
             save_state(epoch + 1, 0, step, torch.zeros(4, dtype=torch.float64, device=accelerator.device))
             if stop.agreed(accelerator):
-                log.warning(f"state saved in {state.state_root(out)}; continue with the same command and --resume auto")
-                raise SystemExit(EXIT_REQUEUE)
+                raise stop.stopped(state.state_root(out))
             if cfg.run.early_stop_patience and metrics["epoch"] - best["epoch"] >= cfg.run.early_stop_patience:
                 log.info(f"early stop: no better {cfg.run.select_by} for {cfg.run.early_stop_patience} epochs")
                 break

@@ -19,6 +19,7 @@ from tl.data.datasets import DatasetBundle
 from tl.errors import TLError
 from tl.runtime import build_accelerator, num_workers
 from tl.training.optim import build_optimizer
+from tl.training.state import ignore_stop_signals
 from tl.training.strategies import Phase, apply_phase, parameter_groups
 
 
@@ -97,7 +98,7 @@ def loaders(data: DatasetBundle, cfg: TrainConfig, accelerator: Accelerator) -> 
     # Loaders draw their worker seeds from generators of their own: starting an iterator then leaves the
     # global RNG (augmentation, dropout) untouched, so a run resumed mid-epoch continues the same stream.
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, num_workers=workers, persistent_workers=workers > 0,
-                                  pin_memory=accelerator.device.type == "cuda")
+                                  pin_memory=accelerator.device.type == "cuda", worker_init_fn=ignore_stop_signals)
     seeded = lambda offset: torch.Generator().manual_seed(cfg.run.seed + offset)
     # Full batches only in training: a batch of one breaks BatchNorm (the head's feature norm included).
     drop_last = len(data.train) >= cfg.data.batch_size * accelerator.num_processes

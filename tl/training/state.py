@@ -13,13 +13,14 @@ import logging
 import re
 import shutil
 import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from tl.errors import TLError
+from tl.errors import Stopped, TLError
 from tl.models.files import PROGRESS_FILE
 
 log = logging.getLogger("tl")
@@ -220,6 +221,9 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> "StopRequest":
+        if threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
+            log.info("training in a thread: Ctrl-C and SIGTERM cannot ask this run to save and stop")
+            return self
         for name in self.SIGNALS:
             number = getattr(signal, name, None)
             if number is not None:
@@ -235,9 +239,15 @@ class StopRequest:
         name = signal.Signals(number).name
         if self.signal_name is not None:
             log.warning(f"{name} again: stopping now without saving")
+            if number == signal.SIGINT:
+                raise KeyboardInterrupt  # a notebook's kernel lives on; `tl train` exits 130
             raise SystemExit(128 + number)
         self.signal_name = name
         log.warning(f"{name} received: saving state after this step, then exiting (send it again to stop at once)")
+
+    def stopped(self, state_dir: Path | None) -> Stopped:
+        """The exception that ends the run once it stopped as asked (its state saved in ``state_dir``)."""
+        return Stopped(self.signal_name or "stop", str(state_dir) if state_dir else None)
 
     @property
     def requested(self) -> bool:
@@ -252,3 +262,16 @@ class StopRequest:
         if alarm is not None:
             flag = flag + alarm.to(flag)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A training loader's ``worker_init_fn``: its workers leave Ctrl-C and SIGTERM/SIGUSR1 to the main process.
+
+    A terminal's Ctrl-C (and a notebook's interrupt, and SLURM's signal) reaches every process of the group. Workers
+    forked after ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a
+    second made the workers exit, so the main process died of "DataLoader worker exited unexpectedly" without saving.
+    """
+    for name in StopRequest.SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)

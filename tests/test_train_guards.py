@@ -1,0 +1,139 @@
+"""tl train against what users do to it: wrong-typed options from Python or a recipe, a replacement run that fails,
+data that cannot be read at all, a run started from a thread, Ctrl-C with loader workers, from Python and the shell."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import tl
+from tests.conftest import RGB_CLASSES, ROOT, TINY, cli, make_image_folder
+from tl.errors import TLError
+from tl.training.options import resolve, to_config
+
+KEYWORDS = dict(dataset="synthetic", arch="resnet18", weights="none", image_size=32, epochs=1, num_workers=0,
+                synthetic_per_class=8, batch_size=8, progress=False)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 1.5}, {"epochs": True}, {"lr": None}, {"seed": None}, {"weights": None},
+                                 {"overwrite": "maybe"}, {"arch": ["resnet18"]}])
+def test_wrong_keyword_values_are_refused_before_anything_is_written(tmp_path, bad):
+    name = next(iter(bad))
+    with pytest.raises(TLError, match=name):
+        tl.train(**{**KEYWORDS, **bad}, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_keyword_strings_and_whole_numbers_take_their_option_s_type():
+    cfg = to_config(resolve({**{k: v for k, v in KEYWORDS.items() if k != "progress"}, "epochs": "2", "lr": "1e-3",
+                             "batch_size": 8.0, "overwrite": "no", "resume": True, "dropout": 0}))
+    assert (cfg.run.epochs, cfg.optim.lr, cfg.data.batch_size) == (2, 0.001, 8)
+    assert cfg.run.overwrite is False and cfg.run.resume == "auto" and isinstance(cfg.model.dropout, float)
+
+
+@pytest.mark.parametrize("line, name", [("lr: null", "lr"), ("epochs: 1.5", "epochs"), ("batch_size: null", "batch_size"),
+                                        ("strict: 3", "strict")])
+def test_recipe_values_of_the_wrong_type_are_one_line(tmp_path, line, name):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(line + "\n")
+    result = cli("train", "--config", recipe, "--dataset", "synthetic", "--print-config")
+    assert isinstance(result.exception, TLError) and f"{name} " in str(result.exception), result.output  # tl's one line
+
+
+def _tiny_run(data: Path, out: Path, *extra: str):
+    return cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--out", out, *extra)
+
+
+def test_a_replacement_that_fails_leaves_the_old_run_whole(tmp_path):
+    first = make_image_folder(tmp_path / "first", RGB_CLASSES, 4, splits=("train", "val"))
+    out = tmp_path / "run"
+    assert _tiny_run(first, out).exit_code == 0
+    kept = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert "split.json" in kept
+    other = make_image_folder(tmp_path / "other", {"cat": (200, 200, 0), "dog": (0, 200, 200)}, 4, splits=("train", "val"))
+    for extra in (("--data-dir", tmp_path / "missing"), ("--weights", tmp_path / "missing.safetensors")):
+        data = extra[1] if extra[0] == "--data-dir" else other
+        result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1", "--out", out,
+                     "--overwrite", *(extra if extra[0] == "--weights" else ()))
+        assert isinstance(result.exception, TLError), result.output
+        assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file() and path.name in kept} == kept
+    assert cli("eval", "--checkpoint", out / "best").exit_code == 0  # its split still names its own files
+    assert _tiny_run(other, out, "--overwrite").exit_code == 0  # and a replacement that works replaces the split
+    assert b"cat" in (out / "split.json").read_bytes() and not (out / "split.json.new").exists()
+
+
+def test_data_that_cannot_be_read_at_all_is_an_error_not_a_run(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (data / split / name).mkdir(parents=True)
+            for index in range(3):
+                (data / split / name / f"{index}.jpg").write_bytes(b"" if index else b"not a picture")
+    result = _tiny_run(data, tmp_path / "run")
+    assert isinstance(result.exception, TLError) and "not one train image could be read" in str(result.exception), result.output
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_run_started_from_a_thread_trains(tmp_path):
+    """Python lets only the main thread set signal handlers: a run from a worker thread (a notebook's background
+    job, a web app) trains without them instead of failing."""
+    finished: dict = {}
+    worker = threading.Thread(target=lambda: finished.update(run=tl.train(**KEYWORDS, out=tmp_path / "run")))
+    worker.start()
+    worker.join()
+    assert finished["run"].best["epoch"] == 1 and (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+INTERRUPTED = """
+import sys, tl
+from tl.errors import Stopped
+try:
+    tl.train(dataset="synthetic", arch="resnet18", weights="none", image_size=32, epochs=200, synthetic_per_class=32,
+             batch_size=4, num_workers=2, save_every_steps=1, keep_states=1, out=sys.argv[1])
+except KeyboardInterrupt as stop:
+    print("caught", type(stop).__name__, isinstance(stop, Stopped), stop, flush=True)
+"""
+
+
+def _first_state(out: Path, process: subprocess.Popen) -> None:
+    deadline = time.time() + 240
+    while not list((out / "state").glob("step-*")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_ctrl_c_from_python_with_workers_saves_and_raises_keyboard_interrupt(tmp_path):
+    """Ctrl-C in a terminal or a notebook's interrupt reaches the whole process group, loader workers included:
+    the run says so once, saves, and raises a KeyboardInterrupt that names the state (not SystemExit)."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(out)], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _first_state(out, process)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "caught Stopped True SIGINT: state saved in" in stdout and "resume='auto'" in stdout, stdout
+    assert stderr.count("SIGINT received") == 1, stderr[-3000:]  # the workers leave it to the main process
+    assert "exited unexpectedly" not in stderr and list((out / "state").glob("step-*"))
+
+
+def test_a_run_leaves_the_caller_s_random_streams_where_they_were(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    tl.train(**KEYWORDS, out=tmp_path / "run")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
