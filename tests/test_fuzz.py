@@ -44,6 +44,7 @@ def test_no_damaged_file_crashes_or_hangs_the_decoder(corpus):
 def test_pixel_limit_follows_pil_and_is_one_line(tmp_path):
     from PIL import Image
 
+    from tl.data.check import probe_file
     from tl.data.decode import read_image
     from tl.errors import TLError
 
@@ -56,6 +57,10 @@ def test_pixel_limit_follows_pil_and_is_one_line(tmp_path):
         assert "\n" not in error.value.message and "MAX_IMAGE_PIXELS" in error.value.hint
         Image.MAX_IMAGE_PIXELS = 64 * 64
         assert tuple(read_image(path).size) == (64, 64)
+        Image.MAX_IMAGE_PIXELS = 1000  # PIL itself refuses above twice the limit: tl names the limit, not PIL's double
+        with pytest.raises(TLError, match="limit of 1,000;"):
+            read_image(path)
+        assert "limit of 1,000;" in probe_file(str(path), decode=True)["problem"]  # tl check-data's words too
     finally:
         Image.MAX_IMAGE_PIXELS = before
 

@@ -65,7 +65,7 @@ def probe_file(path: str, decode: bool) -> dict[str, Any]:
     """Size, hash (when decoding), format/mode/size from the header, and the reason it is unreadable, if it is."""
     from PIL import Image, UnidentifiedImageError
 
-    from tl.data.decode import orientation, upright_size
+    from tl.data.decode import bomb_reason, orientation, upright_size
 
     found: dict[str, Any] = {"nbytes": os.path.getsize(path)}
     if found["nbytes"] == 0:
@@ -82,8 +82,8 @@ def probe_file(path: str, decode: bool) -> dict[str, Any]:
     except UnidentifiedImageError:
         with open(path, "rb") as file:
             found["problem"] = _not_an_image(file.read(64))
-    except Image.DecompressionBombError as exc:
-        found["problem"] = f"too many pixels for PIL's safety limit ({exc})"
+    except Image.DecompressionBombError:
+        found["problem"] = bomb_reason()
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, EOFError... on broken files
         with open(path, "rb") as file:  # PIL may fail before it names the format: tell it from the first bytes
             head = file.read(8)

@@ -49,6 +49,11 @@ def max_image_pixels() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
+def bomb_reason() -> str:
+    """What PIL's DecompressionBombError means, in tl's words: PIL quotes twice the limit tl names everywhere else."""
+    return f"too many pixels (more than twice the limit of {max_image_pixels() or 0:,}; a decompression bomb or a huge scan)"
+
+
 def _check_pixels(image: Image.Image, path: str | Path) -> None:
     limit = max_image_pixels()
     width, height = image.size
@@ -74,9 +79,8 @@ def load_rgb(path: str | Path) -> Image.Image:
             return _rgb(image)
     except TLError:
         raise
-    except Image.DecompressionBombError as exc:  # PIL refuses at open above twice the limit
-        raise TLError(f"cannot read image {path}: too many pixels ({exc})",
-                      _BOMB_HINT) from exc
+    except Image.DecompressionBombError as exc:  # PIL refuses at open above twice the limit, in its own words
+        raise TLError(f"cannot read image {path}: {bomb_reason()}", _BOMB_HINT) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise TLError(f"cannot read image {path}: {exc}", _BAD_FILE_HINT) from exc
     except Exception as exc:  # PIL's plugins raise struct.error, IndexError, ... on damaged files
