@@ -134,3 +134,6 @@ def test_stats_match_analytic_values(tmp_path):
     expected_mean = (3 * x1 + x2) / 4
     expected_std = np.sqrt((3 * x1**2 + x2**2) / 4 - expected_mean**2)
     assert np.allclose(mean, expected_mean, atol=1e-3) and np.allclose(std, expected_std, atol=1e-3), line
+    (tmp_path / "train/y/broken.png").write_bytes(b"\x89PNG\r\n")  # an unreadable one: left out, and said by exit 1
+    partial = cli("stats", "--dataset", "imagefolder", "--data-dir", tmp_path, "--size", "16", "--num-workers", "0")
+    assert partial.exit_code == 1 and partial.stdout.strip().splitlines()[-1] == line, partial.output

@@ -79,3 +79,5 @@ def command(
     console.print(f"{images} training images of {cfg.dataset} at {size} px in {time.perf_counter() - start:.1f} s"
                   + (f" ({skipped} unreadable, left out)" if skipped else ""), highlight=False)
     print(as_flags(mean, std))  # stdout alone, so that $(tl stats ...) expands to the flags
+    if skipped:
+        raise typer.Exit(1)  # partial: figures from the readable images only (`tl check-data` names the others)
