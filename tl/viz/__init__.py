@@ -2,12 +2,14 @@
 
 Every figure is a ``matplotlib.figure.Figure`` saved by the Agg renderer, never a pyplot window: nothing needs a
 display (clusters, CI), so no backend has to be selected, none is switched under a notebook that imports tl, and
-a figure is freed when it goes out of scope instead of piling up in pyplot's registry. Importing this package costs nothing:
+a figure is freed when it goes out of scope instead of piling up in pyplot's registry. In a Jupyter kernel a
+returned figure still shows inline (``show_inline_in_jupyter``). Importing this package costs nothing:
 matplotlib and torch are imported inside the functions, so ``tl --help`` stays instant.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -33,7 +35,28 @@ def require_matplotlib() -> type["Figure"]:
 
 def new_figure(width: float, height: float, **kwargs: Any) -> "Figure":
     """A figure of ``width`` x ``height`` inches (x DPI pixels) with constrained layout, so labels are never cut off."""
-    return require_matplotlib()(figsize=(width, height), dpi=DPI, layout="constrained", **kwargs)
+    figure_class = require_matplotlib()
+    show_inline_in_jupyter()
+    return figure_class(figsize=(width, height), dpi=DPI, layout="constrained", **kwargs)
+
+
+def show_inline_in_jupyter() -> None:
+    """In a Jupyter kernel, let a Figure returned by a cell show as an image, as one made with pyplot does.
+
+    IPython learns to render a Figure (its image/png formatter) only when the kernel's matplotlib backend,
+    matplotlib_inline (ipykernel sets MPLBACKEND to it), is loaded: pyplot loads it on its first figure, and
+    ``%matplotlib inline`` does. tl's figures are made without pyplot, so in a fresh kernel ``tl.plot(run)``
+    printed "<Figure size 900x900 with 3 Axes>". Loading that backend module here does what pyplot would: it
+    configures IPython only where the inline backend is the one selected, so a user's ``%matplotlib widget``, a
+    terminal IPython and the command line (no IPython imported) are left as they are.
+    """
+    ipython = sys.modules.get("IPython")  # never imported here: a script or the CLI never pays for it
+    if ipython is None or ipython.get_ipython() is None or "matplotlib_inline.backend_inline" in sys.modules:
+        return
+    try:
+        import matplotlib_inline.backend_inline  # noqa: F401  (its import registers the formatters)
+    except ImportError:  # IPython without ipykernel: no inline display to set up
+        pass
 
 
 def save(fig: "Figure", path: Path) -> Path:
