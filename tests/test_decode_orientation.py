@@ -79,3 +79,16 @@ def test_check_data_reports_the_upright_size(tmp_path):
     for decode in (False, True):
         assert probe_file(str(stored_sideways(tmp_path / "portrait.jpg", 6)), decode)["size"] == (480, 640)
         assert probe_file(str(stored_sideways(tmp_path / "landscape.jpg", 1)), decode)["size"] == (640, 480)
+
+
+def test_float_images_are_read_in_0_to_1_and_refused_outside(tmp_path):
+    """A float TIFF (PIL mode F): PIL's own conversion turned 0..1 into black; values outside 0..1 have no scale."""
+    from tl.errors import TLError
+
+    ramp = np.linspace(0, 1, 32 * 16, dtype=np.float32).reshape(16, 32)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tif")
+    pixels = np.asarray(read_image(tmp_path / "ramp.tif"))
+    assert pixels.shape[-1] == 3 and pixels.min() == 0 and pixels.max() == 255
+    Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "wide.tif")
+    with pytest.raises(TLError, match=r"wide.tif: float pixels in 0..1000"):
+        read_image(tmp_path / "wide.tif")

@@ -66,6 +66,14 @@ def _check_pixels(image: Image.Image, path: str | Path) -> None:
 def _rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale down to 8 bits
         image = image.point(lambda v: v / 256).convert("L")
+    elif image.mode == "F":  # float greyscale (a float TIFF): PIL's own convert would clip 0..1 to black
+        import numpy as np
+
+        values = np.asarray(image)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (low >= 0.0 and high <= 1.0):  # NaN fails too: no scale can be guessed for it
+            raise ValueError(f"float pixels in {low:g}..{high:g}; tl reads float images in 0..1")  # load_rgb names the file
+        image = Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
     return image.convert("RGB")
 
 
