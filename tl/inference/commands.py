@@ -14,7 +14,7 @@ import typer
 
 from tl.errors import TLError
 from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_folder, predict_dir
-from tl.inference.predictions_csv import check_unknown_label
+from tl.inference.predictions_csv import check_out, check_unknown_label
 from tl.inference.predictor import Precision, autocast_dtype, load_predictor, probabilities
 
 
@@ -85,6 +85,7 @@ def predict_dir_command(
     if top_k is not None and top_k < 0:
         raise TLError("--top-k: must be >= 0", "0 writes one column per class")
     check_folder(images)
+    check_out(out, resume=resume, overwrite=overwrite)  # before the model loads: a bad --out costs nothing
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
     summary = predict_dir(predictor, images, out, batch_size=batch_size, num_workers=num_workers, top_k=top_k, tta=tta,
                           precision=precision, resume=resume, overwrite=overwrite, compile=compile,

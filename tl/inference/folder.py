@@ -7,15 +7,15 @@ missing files (``tl.inference.inflight`` makes a crashing decoder cost one file)
 
 from __future__ import annotations
 
-import csv
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tl.errors import TLError
-from tl.inference.inflight import InFlight, decoder_crash_is_an_error
-from tl.inference.predictions_csv import check_unknown_label, csv_header, csv_row, read_done
+from tl.inference.inflight import InFlight, decoder_crash_is_an_error, terminate_stops_cleanly
+from tl.inference.predictions_csv import CsvWriteError, RowWriter, check_out, check_unknown_label, csv_header, csv_row, read_done
 from tl.inference.predictor import Precision, Predictor, autocast_dtype, probabilities
 
 if TYPE_CHECKING:
@@ -78,15 +78,42 @@ def check_folder(images: Path) -> None:
         raise TLError(f"{images} is not a folder", "pass a folder of images (searched recursively); for files use `tl predict`")
 
 
-def find_images(images: Path) -> list[Path]:
-    """Image files under ``images`` in sorted order; symlinked folders are not entered, so loops cannot hang it."""
+def find_images(images: Path) -> tuple[list[Path], dict[Path, str]]:
+    """(image files under ``images`` in sorted order, {broken link: why it cannot be read}); the broken links are
+    in the list too, so they get an error row. Symlinked folders are not entered, so loops cannot hang it."""
     from tl.data.datasets import IMAGE_EXTENSIONS, list_images
 
     check_folder(images)
     files = list_images(images)
+    broken = broken_links(images, IMAGE_EXTENSIONS)
+    if broken:
+        files = sorted([*files, *broken], key=lambda path: path.relative_to(images).parts)  # the scan's order
     if not files:
         raise TLError(f"no images under {images}", f"supported extensions (any case): {' '.join(IMAGE_EXTENSIONS)}")
-    return files
+    return files, broken
+
+
+def broken_links(folder: Path, extensions: tuple[str, ...]) -> dict[Path, str]:
+    """Symlinks named like images whose target is gone, under ``folder`` (skipping what the image scan skips:
+    hidden names, symlinked folders), with the reason for their error row. The scan leaves them out, as it
+    leaves out anything that is not a file; a photo that is not there is a problem to report all the same."""
+    found, pending = {}, [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.is_symlink() and os.path.splitext(entry.name)[1].lower() in extensions and not os.path.exists(entry.path):
+                try:
+                    found[Path(entry.path)] = f"broken link: its target {os.readlink(entry.path)} does not exist"
+                except OSError:  # removed since the listing
+                    continue
+    return found
 
 
 CPU_BATCH, GPU_BATCH = 8, 64
@@ -110,13 +137,11 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
     On the CPU (``num_workers`` -1) decoding and the model take turns instead of overlapping: a chunk of
     ``CPU_CHUNK_BATCHES`` batches is decoded by a thread per core, then the model runs on it with every core.
     Loader worker processes decoding while the model's threads run oversubscribe the cores: on this project's
-    2-core CPU (squeezenet1_0, bf16, bees/ants val) that ran at ~130 images/s, taking turns at ~210."""
-    import torch
-    from accelerate.utils import gather_object
-    from torch.utils.data import DataLoader
+    2-core CPU (squeezenet1_0, bf16, bees/ants val) that ran at ~130 images/s, taking turns at ~210.
 
-    from tl.progress import EpochProgress, log, setup_logging
-    from tl.runtime import num_workers as resolve_workers
+    A file that cannot be read (a broken link included) gets a row with its reason in ``error``; ``summary.failed``
+    counts them. Ctrl-C, SIGTERM and a write that fails (a full disk) leave a valid CSV to ``resume``."""
+    from tl.progress import log, setup_logging
 
     start = time.perf_counter()
     from tl.runtime import build_accelerator
@@ -130,15 +155,14 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
             log.info(f"{len(names)} classes: writing the top {top_k} per image (--top-k 0 writes every class)")
     top_k = min(top_k, len(names))
     check_unknown_label(min_confidence, unknown_label, names)
+    check_out(out, resume=resume, overwrite=overwrite)
     header = csv_header(names, top_k)
-    files = find_images(images)
+    files, broken = find_images(images)
     relative = [p.relative_to(images).as_posix() for p in files]
 
     done, failed_before, end = set(), 0, 0
-    if out.exists() and not (resume or overwrite):
-        raise TLError(f"--out: {out} already exists", "pass --resume to continue it, or --overwrite to replace it")
     if out.exists() and resume:
-        done, failed_before, end = read_done(out, header)
+        done, failed_before, end = read_done(out, header, relative)
     accelerator.wait_for_everyone()  # every process has read the file before the main one cuts it
     pending = [i for i, rel in enumerate(relative) if rel not in done]
     marker = InFlight(out)
@@ -148,71 +172,87 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
         crashed = marker.culprits([files[i] for i in pending], accelerator, decode_short_side(predictor.pixels()))
     else:
         crashed = {}
+    known_errors = {**broken, **crashed}
     summary = Summary(total=len(files), resumed=len(files) - len(pending), failed=failed_before)
 
-    handle = None
-    if accelerator.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # surrogateescape: a file name that is not UTF-8 goes into the CSV byte for byte instead of stopping the run
-        handle = open(out, "r+" if end else "w", newline="", encoding="utf-8", errors="surrogateescape")
-        handle.truncate(end)  # drops a half row left by a killed run
-        handle.seek(end)
-        writer = csv.writer(handle, lineterminator="\n")
-        if not end:
-            writer.writerow(header)
-        handle.flush()
-
-    if pending:
-        device = accelerator.device
-        dtype = autocast_dtype(precision, device)
-        model = predictor.model.to(device, memory_format=torch.channels_last)  # faster convolutions, same results
-        if compile:
-            from tl.models.fastpaths import compile_model
-
-            compile_model(model, device)
-        predictor.model = model
-        batch_size = batch_size or default_batch_size(device)
-        normalize = predictor.normalizer()
-        take_turns = device.type == "cpu" and num_workers < 0
-        workers = 0 if take_turns else resolve_workers(num_workers, accelerator.num_processes)
-        threads = max(1, resolve_workers(-1, accelerator.num_processes)) if take_turns else 1
-        dataset = ImagePaths([files[i] for i in pending], predictor.pixels(), predictor.size, threads=threads,
-                             known_errors={k: crashed[files[i]] for k, i in enumerate(pending) if files[i] in crashed})
-        loader_batch, prefetch = batch_size * (CPU_CHUNK_BATCHES if take_turns else 1), 4 if workers else None
-        loader = accelerator.prepare_data_loader(DataLoader(
-            dataset, batch_size=loader_batch, shuffle=False, num_workers=workers,
-            pin_memory=device.type == "cuda", prefetch_factor=prefetch))
-        # Files decoded but not yet written: what a crash of a decoder can have been working on.
-        if accelerator.is_main_process:
-            marker.write(loader_batch * (workers * (prefetch or 0) + 2) * accelerator.num_processes)
-        progress = EpochProgress(description="predict", total=len(loader), enabled=accelerator.is_main_process,
-                                 every=max(1, len(loader) // 10))
-        try:
-            with torch.inference_mode(), decoder_crash_is_an_error(out):
-                for step, (batch, indices, errors) in enumerate(loader, start=1):
-                    batch = batch.to(device, non_blocking=True)
-                    probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)
-                                       for part in batch.split(batch_size)])
-                    local_errors = [(int(i), e) for i, e in zip(indices, errors) if e]
-                    indices, probs = accelerator.gather_for_metrics((indices, probs))
-                    error_of = dict(gather_object(local_errors))  # every process gets every message (a padded repeat is harmless)
-                    summary.predicted += len(indices)
-                    summary.failed += sum(int(i) in error_of for i in indices)
-                    if handle is not None:
-                        for index, row in zip(indices.tolist(), probs.cpu().tolist()):
-                            writer.writerow(csv_row(relative[pending[index]], row, names, top_k, error_of.get(index, ""),
-                                                    min_confidence=min_confidence, unknown_label=unknown_label))
-                        handle.flush()  # a killed run loses only the batch in flight
-                    if progress.wants_stats(step):
-                        progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")
-                    else:
-                        progress.update(step)
-        finally:  # also when a decoder crashed: a notebook keeps running, its threads must not
-            progress.close()
-            if dataset._pool is not None:
-                dataset._pool.shutdown()
-    if handle is not None:
-        handle.close()
+    writer = RowWriter(out, end, header) if accelerator.is_main_process else None
+    try:
+        with terminate_stops_cleanly():
+            if pending:
+                _predict_pending(predictor, accelerator, [files[i] for i in pending], [relative[i] for i in pending],
+                                 out, writer, marker, summary, known_errors, start=start, batch_size=batch_size,
+                                 num_workers=num_workers, top_k=top_k, tta=tta, precision=precision, compile=compile,
+                                 min_confidence=min_confidence, unknown_label=unknown_label)
+    except (KeyboardInterrupt, SystemExit, CsvWriteError):  # stopped on purpose, or the disk is full: no decoder crashed
+        if writer is not None:
+            marker.clear()
+        raise
+    finally:  # the rows of the batch in hand too, when stopped
+        if writer is not None:
+            writer.close()
+    if writer is not None:
         marker.clear()  # finished: nothing was in flight
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _predict_pending(predictor: Predictor, accelerator, files: list[Path], relative: list[str], out: Path,
+                     writer: RowWriter | None, marker: InFlight, summary: Summary, known_errors: dict[Path, str], *,
+                     start: float, batch_size: int, num_workers: int, top_k: int, tta: bool, precision: Precision,
+                     compile: bool, min_confidence: float, unknown_label: str) -> None:
+    """``predict_dir``'s loop over the files not in the CSV yet; the main process (``writer``) writes their rows."""
+    import torch
+    from accelerate.utils import gather_object
+    from torch.utils.data import DataLoader
+
+    from tl.progress import EpochProgress
+    from tl.runtime import num_workers as resolve_workers
+
+    names = predictor.class_names
+    device = accelerator.device
+    dtype = autocast_dtype(precision, device)
+    model = predictor.model.to(device, memory_format=torch.channels_last)  # faster convolutions, same results
+    if compile:
+        from tl.models.fastpaths import compile_model
+
+        compile_model(model, device)
+    predictor.model = model
+    batch_size = batch_size or default_batch_size(device)
+    normalize = predictor.normalizer()
+    take_turns = device.type == "cpu" and num_workers < 0
+    workers = 0 if take_turns else resolve_workers(num_workers, accelerator.num_processes)
+    threads = max(1, resolve_workers(-1, accelerator.num_processes)) if take_turns else 1
+    dataset = ImagePaths(files, predictor.pixels(), predictor.size, threads=threads,
+                         known_errors={k: known_errors[path] for k, path in enumerate(files) if path in known_errors})
+    loader_batch, prefetch = batch_size * (CPU_CHUNK_BATCHES if take_turns else 1), 4 if workers else None
+    loader = accelerator.prepare_data_loader(DataLoader(
+        dataset, batch_size=loader_batch, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=prefetch))
+    # Files decoded but not yet written: what a crash of a decoder can have been working on.
+    if writer is not None:
+        marker.write(loader_batch * (workers * (prefetch or 0) + 2) * accelerator.num_processes)
+    progress = EpochProgress(description="predict", total=len(loader), enabled=accelerator.is_main_process,
+                             every=max(1, len(loader) // 10))
+    try:
+        with torch.inference_mode(), decoder_crash_is_an_error(out):
+            for step, (batch, indices, errors) in enumerate(loader, start=1):
+                batch = batch.to(device, non_blocking=True)
+                probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)
+                                   for part in batch.split(batch_size)])
+                local_errors = [(int(i), e) for i, e in zip(indices, errors) if e]
+                indices, probs = accelerator.gather_for_metrics((indices, probs))
+                error_of = dict(gather_object(local_errors))  # every process gets every message (a padded repeat is harmless)
+                summary.predicted += len(indices)
+                summary.failed += sum(int(i) in error_of for i in indices)
+                if writer is not None:  # flushed: a killed run loses only the batch in flight
+                    writer.write([csv_row(relative[index], row, names, top_k, error_of.get(index, ""),
+                                          min_confidence=min_confidence, unknown_label=unknown_label)
+                                  for index, row in zip(indices.tolist(), probs.cpu().tolist())])
+                if progress.wants_stats(step):
+                    progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")
+                else:
+                    progress.update(step)
+    finally:  # also when a decoder crashed: a notebook keeps running, its threads must not
+        progress.close()
+        if dataset._pool is not None:
+            dataset._pool.shutdown()
