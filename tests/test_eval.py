@@ -159,3 +159,17 @@ def test_eval_uses_the_split_the_run_trained_on(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((out / "eval.json").read_text())
     assert report["count"] == len(manifest["splits"]["test"]) == 4  # the manifest's test images, not a new split
+
+
+def test_eval_with_an_unreadable_image_writes_its_figures_and_exits_1(run, tmp_path):
+    out, data = run
+    test_image = sorted((data / "test" / "red").iterdir())[0]
+    kept = test_image.read_bytes()
+    try:
+        test_image.write_bytes(b"\0" * len(kept))  # same size: the run's file list still holds
+        result = cli("eval", "--checkpoint", out / "best", "--split", "test", "--out", tmp_path / "e.json", "--num-workers", "0")
+        assert result.exit_code == 1, result.output + repr(result.exception)
+        report = json.loads((tmp_path / "e.json").read_text())
+        assert report["unreadable"] == 1 and report["count"] == 11
+    finally:
+        test_image.write_bytes(kept)

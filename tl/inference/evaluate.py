@@ -265,3 +265,5 @@ def command(
         print(json.dumps(result, indent=2))
     else:
         print_report(result, out)
+    if result["unreadable"]:  # partial: the figures leave those images out (each was named in a warning)
+        raise typer.Exit(1)
