@@ -137,3 +137,15 @@ def test_a_run_leaves_the_caller_s_random_streams_where_they_were(tmp_path):
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     tl.train(**KEYWORDS, out=tmp_path / "run")
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+@pytest.mark.slow
+def test_a_program_with_loader_workers_exits_when_its_run_is_done(tmp_path):
+    """Persistent workers are ended by multiprocessing with SIGTERM as the program exits: a worker_init_fn that
+    ignored SIGTERM made every `tl train` with workers hang there after its last line."""
+    data = make_image_folder(tmp_path / "data", RGB_CLASSES, 2, splits=("train", "val"), size=96)
+    command = [sys.executable, "-m", "tl.train", "--dataset", "imagefolder", "--data-dir", str(data), "--arch",
+               "squeezenet1_0", "--weights", "none", "--epochs", "1", "--num-workers", "2", "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and (tmp_path / "run" / "best").is_dir(), done.stderr[-3000:]

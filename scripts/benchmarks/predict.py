@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
         (scratch / "images").mkdir()
     images = args.images or quick_images(scratch / "images")
     checkpoint = args.checkpoint or quick_checkpoint(scratch)
-    files = find_images(images)[: args.limit or None]
+    files = find_images(images)[0][: args.limit or None]
     if args.limit:  # predict_dir takes a folder: give it exactly the same files
         subset = scratch / "subset"
         for path in files:

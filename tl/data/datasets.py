@@ -106,9 +106,11 @@ class ImageFiles(Dataset):
         return self._crop
 
 
-def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS) -> dict[Path, int]:
+def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
+                broken: dict[Path, str] | None = None) -> dict[Path, int]:
     """Image files under ``folder`` (every file with ``extensions=None``), recursively, with their sizes in bytes,
-    in a stable (sorted) order.
+    in a stable (sorted) order; symlinks named like images whose target is gone go into ``broken`` (with why) when
+    it is given, found in the same walk.
 
     Hidden files and folders are skipped; symlinked files are included, symlinked folders are not entered (a
     link loop cannot hang it). ``os.scandir`` entries carry the file type, so the walk costs one stat per image
@@ -129,8 +131,11 @@ def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSI
             try:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, (*parts, entry.name)))
-                elif (extensions is None or os.path.splitext(entry.name)[1].lower() in extensions) and entry.is_file():
-                    found.append(((*parts, entry.name), entry.path, entry.stat().st_size))
+                elif extensions is None or os.path.splitext(entry.name)[1].lower() in extensions:
+                    if entry.is_file():
+                        found.append(((*parts, entry.name), entry.path, entry.stat().st_size))
+                    elif broken is not None and entry.is_symlink():  # is_file() follows the link: its target is gone
+                        broken[Path(entry.path)] = f"broken link: its target {os.readlink(entry.path)} does not exist"
             except OSError:  # deleted or unreadable between listing and stat
                 continue
     found.sort(key=lambda item: item[0])  # the order of Path comparison: part by part

@@ -7,7 +7,6 @@ missing files (``tl.inference.inflight`` makes a crashing decoder cost one file)
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,39 +80,16 @@ def check_folder(images: Path) -> None:
 def find_images(images: Path) -> tuple[list[Path], dict[Path, str]]:
     """(image files under ``images`` in sorted order, {broken link: why it cannot be read}); the broken links are
     in the list too, so they get an error row. Symlinked folders are not entered, so loops cannot hang it."""
-    from tl.data.datasets import IMAGE_EXTENSIONS, list_images
+    from tl.data.datasets import IMAGE_EXTENSIONS, scan_images
 
     check_folder(images)
-    files = list_images(images)
-    broken = broken_links(images, IMAGE_EXTENSIONS)
+    broken: dict[Path, str] = {}
+    files = list(scan_images(images, broken=broken))
     if broken:
         files = sorted([*files, *broken], key=lambda path: path.relative_to(images).parts)  # the scan's order
     if not files:
         raise TLError(f"no images under {images}", f"supported extensions (any case): {' '.join(IMAGE_EXTENSIONS)}")
     return files, broken
-
-
-def broken_links(folder: Path, extensions: tuple[str, ...]) -> dict[Path, str]:
-    """Symlinks named like images whose target is gone, under ``folder`` (skipping what the image scan skips:
-    hidden names, symlinked folders), with the reason for their error row. The scan leaves them out, as it
-    leaves out anything that is not a file; a photo that is not there is a problem to report all the same."""
-    found, pending = {}, [folder]
-    while pending:
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-            elif entry.is_symlink() and os.path.splitext(entry.name)[1].lower() in extensions and not os.path.exists(entry.path):
-                try:
-                    found[Path(entry.path)] = f"broken link: its target {os.readlink(entry.path)} does not exist"
-                except OSError:  # removed since the listing
-                    continue
-    return found
 
 
 CPU_BATCH, GPU_BATCH = 8, 64

@@ -265,13 +265,15 @@ class StopRequest:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A training loader's ``worker_init_fn``: its workers leave Ctrl-C and SIGTERM/SIGUSR1 to the main process.
+    """A training loader's ``worker_init_fn``: its workers leave Ctrl-C and SIGUSR1 to the main process.
 
-    A terminal's Ctrl-C (and a notebook's interrupt, and SLURM's signal) reaches every process of the group. Workers
-    forked after ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a
-    second made the workers exit, so the main process died of "DataLoader worker exited unexpectedly" without saving.
+    A terminal's Ctrl-C (and a notebook's interrupt) reaches every process of the group. Workers forked after
+    ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a second made
+    the workers exit, so the main process died of "DataLoader worker exited unexpectedly" without saving. SIGTERM is
+    left to torch's own worker handler: multiprocessing ends daemonic workers with it when the program exits (ignored,
+    the program hung there).
     """
-    for name in StopRequest.SIGNALS:
+    for name in ("SIGINT", "SIGUSR1"):
         number = getattr(signal, name, None)
         if number is not None:
             signal.signal(number, signal.SIG_IGN)
