@@ -122,3 +122,43 @@ def test_trust_pickle_loads_a_whole_pickled_model(tmp_path):
     torch.save(source, path)
     model, _ = build_model("resnet18", 2, weights=str(path), trust_pickle=True)
     assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("content", [b"hi\n", b"", b"\x80\x02garbage" * 200, b"PK\x03\x04" + b"\x00" * 100],
+                         ids=["text", "empty", "random", "cut-zip"])
+def test_a_damaged_weights_file_cannot_be_read_and_says_so(tmp_path, content):
+    path = tmp_path / "damaged.pth"
+    path.write_bytes(content)
+    for trust_pickle in (False, True):  # damage is damage: --trust-pickle would not help, so it is not suggested
+        with pytest.raises(TLError) as excinfo:
+            build_model("squeezenet1_0", 2, weights=str(path), trust_pickle=trust_pickle)
+        assert excinfo.value.message.startswith(f"--weights: cannot read {path}: not a PyTorch/safetensors weights file, or damaged (")
+        assert "--trust-pickle" not in str(excinfo.value)
+    result = cli("predict", path, "--arch", "squeezenet1_0", "--weights", path)  # predict's ImageNet path reads it the same way
+    assert isinstance(result.exception, TLError) and "cannot read" in result.exception.message
+
+
+def test_download_messages_stay_off_stdout_and_the_hint_fits_the_command(monkeypatch, tmp_path):
+    import json
+
+    from tests.conftest import write_image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty cache: torch.hub "downloads" and says so on stdout
+    imagenet = build_base("squeezenet1_0").state_dict()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, *args, **kwargs: torch.save(imagenet, dst))
+    image = write_image(tmp_path / "a.jpg", (200, 30, 30))
+    result = cli("predict", image, "--arch", "squeezenet1_0", "--weights", "DEFAULT", "--json")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads(result.stdout)[0]["path"] == str(image) and "Downloading" in result.stderr
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    result = cli("predict", image, "--arch", "squeezenet1_0", "--weights", "DEFAULT")
+    assert isinstance(result.exception, TLError) and "--weights PATH" in result.exception.hint
+    assert "--weights none" not in result.exception.hint  # random weights make no sense for predictions
+    with pytest.raises(TLError) as excinfo:
+        build_model("squeezenet1_0", 2, weights="DEFAULT")
+    assert "--weights none" in excinfo.value.hint  # training may start from random weights

@@ -6,9 +6,12 @@ dropped on purpose and the drop is said in one line.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -87,10 +90,63 @@ def default_sizes(arch: str) -> tuple[int, int]:
 
 def input_sizes(arch: str, *, image_size: int | None = None, dataset: str = "", synthetic_size: int = 32) -> tuple[int, int]:
     """(crop, resize) a run feeds the model: ``--image-size``, else the synthetic set's own size (small on purpose:
-    upscaling it to 224 px would only cost time), else the architecture's pretrained size."""
+    upscaling it to 224 px would only cost time; the smallest the architecture takes if that is smaller), else the
+    architecture's pretrained size. A ``--image-size`` the architecture cannot take is a TLError here, before any work."""
     check_arch(arch)
-    size = image_size or (synthetic_size if dataset == "synthetic" else None)
-    return (size, round(size / 0.875)) if size else default_sizes(arch)
+    if image_size:
+        check_image_size(arch, image_size)
+    elif dataset == "synthetic":
+        image_size = synthetic_size if not _size_problem(arch, synthetic_size) else max(synthetic_size, smallest_size(arch))
+    return (image_size, round(image_size / 0.875)) if image_size else default_sizes(arch)
+
+
+def smallest_size(arch: str) -> int:
+    """The smallest input side any of torchvision's weights for ``arch`` declares (``meta["min_size"]``); 1 if none."""
+    import torchvision
+
+    try:
+        return min(min(w.meta["min_size"]) for w in torchvision.models.get_model_weights(arch))
+    except (ValueError, KeyError):
+        return 1
+
+
+def check_image_size(arch: str, size: int) -> None:
+    """A TLError (exit 2) when ``arch`` cannot take ``size``-pixel inputs, which would otherwise crash the first
+    forward pass mid-run. A forward pass on the meta device (no memory, no arithmetic) decides; torchvision's
+    ``min_size`` gives the size to suggest. ViT and MaxViT take that one size only."""
+    problem = _size_problem(arch, size)
+    if not problem:
+        return
+    floor, pretrained = smallest_size(arch), default_sizes(arch)[0]
+    if _size_problem(arch, 2 * floor):  # bigger does not help either: one size only
+        raise TLError(f"--image-size {size} does not fit {arch}: it takes exactly {floor} px", f"pass --image-size {floor}")
+    if size < floor:
+        raise TLError(f"--image-size {size} is too small for {arch} (at least {floor})",
+                      f"pass --image-size {floor} or more, or leave it out for the pretrained {pretrained} px")
+    raise TLError(f"--image-size {size} does not fit {arch} ({problem})", f"leave it out for the pretrained {pretrained} px")
+
+
+@functools.lru_cache(maxsize=64)
+def _size_problem(arch: str, size: int) -> str:
+    """Why a 1-image ``size`` batch fails in ``arch``'s forward pass, or "" (always "" for a custom ``module:callable``)."""
+    if ":" in arch:
+        return ""
+    try:
+        with torch.no_grad():
+            _meta_model(arch)(torch.zeros(1, 3, size, size, device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel says nothing about the size
+        return ""
+    except (RuntimeError, AssertionError, ValueError) as error:  # too-small kernels, ViT's size assertion, ...
+        return (str(error).splitlines() or [type(error).__name__])[0][:160]
+    return ""
+
+
+@functools.lru_cache(maxsize=2)
+def _meta_model(arch: str) -> nn.Module:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on the meta device: no memory, no initialisation
+        return build_base(arch).to("meta").eval()
 
 
 def build_base(arch: str, num_classes: int | None = None) -> nn.Module:
@@ -153,12 +209,14 @@ def build_model(
     cut_at: str | None = None,
     image_size: int | None = None,
     trust_pickle: bool = False,
+    imagenet_inputs: bool | None = None,
 ) -> tuple[nn.Module, ModelInfo]:
     """Build ``arch`` with a ``num_classes``-way head and the requested weights loaded.
 
     ``weights``: ``none``, ``DEFAULT`` or a torchvision enum name (downloaded and cached by torchvision),
     or a local ``.safetensors`` / ``.pth`` file or tl checkpoint folder. A head of another size in the
-    weights is dropped and a new one is initialised.
+    weights is dropped and a new one is initialised. ``imagenet_inputs``: whether inception/googlenet transform
+    their inputs as ImageNet weights expect (default: when weights are loaded; a checkpoint says how it was trained).
     """
     model = build_base(arch, num_classes)
     crop, resize = default_sizes(arch)
@@ -171,11 +229,11 @@ def build_model(
     weights_note = "random initialisation"
     if weights.lower() != "none":
         if is_torchvision_weights_name(weights) and ":" not in arch:
-            pretrained_state, weights_note = torchvision_state(arch, weights)
+            pretrained_state, weights_note = torchvision_state(arch, weights, training=True)
         else:
             pretrained_state, weights_note = read_state_dict(weights, trust_pickle=trust_pickle), f"weights from {weights}"
-        if hasattr(model, "transform_input"):
-            model.transform_input = True  # inception/googlenet weights expect torchvision's input transform
+    if hasattr(model, "transform_input") and (pretrained_state is not None if imagenet_inputs is None else imagenet_inputs):
+        model.transform_input = True  # inception/googlenet weights expect torchvision's input transform (set before a cut traces it)
 
     if cut_at:
         model = cut_model(model, cut_at, sample_size=min(crop, 64))
@@ -191,7 +249,9 @@ def build_model(
     return model, ModelInfo(arch, num_classes, crop, resize, head=get_head(model), weights_note=weights_note)
 
 
-def torchvision_state(arch: str, name: str) -> tuple[dict[str, torch.Tensor], str]:
+def torchvision_state(arch: str, name: str, *, training: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's weights ``name`` for ``arch``, downloaded once and cached. ``training``: the offline hint may
+    offer random weights, which would make predictions meaningless."""
     import torchvision
 
     enum = torchvision.models.get_model_weights(arch)
@@ -201,12 +261,13 @@ def torchvision_state(arch: str, name: str) -> tuple[dict[str, torch.Tensor], st
         raise TLError(f"--weights: {arch} has no weights named {name!r}",
                       f"choose DEFAULT or one of {', '.join(w.name for w in enum)}, or give a local file")
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
+        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout: keep it for answers
+            state = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # urllib/ssl/socket errors differ by platform; all mean "no download"
         reason = str(exc).splitlines()[0][:160]
         raise TLError(f"could not download the {arch} {weights.name} weights ({type(exc).__name__}: {reason})",
-                      "offline? copy the weights file here and pass --weights PATH (.pth or .safetensors), "
-                      "or --weights none to train from random weights")
+                      "offline? copy the weights file here and pass --weights PATH (.pth or .safetensors)"
+                      + (", or --weights none to train from random weights" if training else ""))
     return state, f"torchvision {arch} {weights.name}"
 
 

@@ -4,6 +4,8 @@ The same JSON is also stored in the safetensors header (key ``tl``), so the weig
 rebuild the model and its preprocessing (timm's ``save_for_hf`` idea). Writes go to a temporary folder that
 is renamed into place, so a crash mid-save leaves the previous checkpoint whole; a failed write (a full disk, a
 read-only folder) removes the half-written copy and raises a TLError naming the folder and the OS's reason.
+Only a folder that holds nothing but a checkpoint is ever replaced: a file, a run folder or a folder of the user's
+own files is refused. Loading is strict: every tensor the metadata's model has, each of its shape.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from safetensors import SafetensorError
 from torch import nn
 
 from tl.errors import TLError
-from tl.models.files import META_FILE, MODEL_FILE, PROGRESS_FILE, model_file  # noqa: F401  (part of this module's interface)
+from tl.models.files import CHECKPOINT_FILES, META_FILE, MODEL_FILE, ONNX_FILE, PROGRESS_FILE, model_file  # noqa: F401  (part of this module's interface)
 
+# Also replaceable: Finder's folder litter, and what a killed update_meta left (only the OS or tl wrote these).
+_LITTER = re.compile(r"\.DS_Store|\.(model\.safetensors|tl\.json)\.tmp-\d+")
 # What a failed write raises: the OS's own error, safetensors' wrapper of it, and torch.save's (accelerate's states).
 WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 FULL_DISK_BYTES = 1 << 20  # less free than this after a write failed: the disk is what is full
@@ -50,7 +54,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     checkpoint stays as it was and a TLError (``write_error``) says what happened."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
+    directory = Path(os.path.abspath(directory))  # "." and ".." have no name to put the temporary folder beside
+    check_target(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -60,9 +65,17 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / MODEL_FILE), metadata={"tl": meta_json, "format": "pt"})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
+        if directory.is_dir() and (not any(directory.iterdir()) or directory.resolve() == Path.cwd()):
+            # An empty folder, or the current one (moving it would leave the user's shell in a deleted folder), is filled
+            # in place, one file at a time: the weights file carries its metadata, so it is whole at each step.
+            (directory / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's, which would no longer match
+            for name in (MODEL_FILE, META_FILE):
+                os.replace(tmp / name, directory / name)
+            tmp.rmdir()
+        else:
+            if directory.exists():
+                directory.rename(old)
+            tmp.rename(directory)
     except WRITE_ERRORS as error:
         failure = write_error(directory, error)
         if old.exists() and not directory.exists():
@@ -73,42 +86,88 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict[str, Any
     return directory
 
 
+def check_target(directory: str | Path, flag: str = "") -> None:
+    """Refuse to write a checkpoint over anything but an empty folder or an earlier checkpoint (only its own files):
+    the write replaces the whole folder. ``flag`` (e.g. "--to") starts the message."""
+    directory, prefix = Path(os.path.abspath(directory)), f"{flag}: " if flag else ""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise TLError(f"{prefix}{directory} is a file, not a checkpoint folder", "write it to a new or empty folder; the file was left as it is")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in CHECKPOINT_FILES and not _LITTER.fullmatch(p.name))
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise TLError(f"{prefix}{directory} holds more than a checkpoint ({shown}): writing one there would replace the whole folder",
+                      "write it to a new or empty folder; nothing was changed")
+
+
+def unreadable(weights_file: Path, error: BaseException) -> TLError:
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return TLError(f"{weights_file} is not a readable safetensors file ({reason})",
+                   "it is damaged or cut short: export the checkpoint again, or use RUN/last or another checkpoint")
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint folder, run folder or model.safetensors file."""
     from safetensors import safe_open
 
     weights_file = model_file(Path(path))
-    with safe_open(str(weights_file), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get("tl")
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("tl")
+    except (SafetensorError, OSError) as error:
+        raise unreadable(weights_file, error) from error
+    source = weights_file
     if raw is None:
-        sidecar = weights_file.parent / META_FILE
-        if not sidecar.is_file():
+        source = weights_file.parent / META_FILE
+        if not source.is_file():
             raise TLError(f"{weights_file} carries no tl metadata", "it is a plain weight file: use it with --weights PATH")
-        raw = sidecar.read_text()
-    return json.loads(raw)
+        raw = source.read_text()
+    try:
+        meta = json.loads(raw)
+    except ValueError as error:
+        raise TLError(f"{source}: its tl metadata is not valid JSON ({error})", "export the checkpoint again, or use RUN/last or another checkpoint")
+    missing = [key for key in ("arch", "num_classes", "head", "input_size") if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise TLError(f"{source}: its tl metadata lacks {', '.join(missing)}", "export the checkpoint again, or use RUN/last or another checkpoint")
+    return meta
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the exact model of a tl checkpoint (architecture, head, weights) from the checkpoint alone."""
+    meta = read_meta(path)
+    return rebuild(meta, model_file(Path(path))), meta
+
+
+def rebuild(meta: dict[str, Any], weights_file: Path) -> nn.Module:
+    """The model ``meta`` describes, holding the tensors of ``weights_file``: all of them, each of its shape, or a TLError.
+
+    Unlike ``--weights`` (transfer learning: a head of another size is dropped on purpose), a head that does not fit
+    here means the file and its metadata disagree: predicting with a random head would be silently wrong."""
     from tl.models.architectures import build_model
     from tl.models.heads import HeadSpec
+    from tl.models.weights import describe_misfit, strip_wrapper_prefixes
 
-    meta = read_meta(path)
-    model, _ = build_model(
-        meta["arch"],
-        meta["num_classes"],
-        weights=str(model_file(Path(path))),
-        head=HeadSpec(**meta["head"]),
-        cut_at=meta.get("cut_at"),
-        image_size=meta["input_size"],
-    )
-    return model, meta
+    model, _ = build_model(meta["arch"], meta["num_classes"], head=HeadSpec(**meta["head"]), cut_at=meta.get("cut_at"),
+                           image_size=meta["input_size"], imagenet_inputs=str(meta.get("weights", "DEFAULT")).lower() != "none")
+    state, target = strip_wrapper_prefixes(checkpoint_state(weights_file)), model.state_dict()
+    misfit = describe_misfit(missing=[k for k in target if k not in state], unexpected=[k for k in state if k not in target],
+                             mismatched=[k for k in target if k in state and state[k].shape != target[k].shape])
+    if misfit:
+        raise TLError(f"{weights_file} does not fit the {meta['arch']} with {meta['num_classes']} classes its metadata "
+                      f"describes: {misfit}", "its files were damaged or mixed up: export it again, or use RUN/last or another checkpoint")
+    model.load_state_dict(state)
+    return model
 
 
 def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(model_file(Path(path))))
+    weights_file = model_file(Path(path))
+    try:
+        return load_file(str(weights_file))
+    except (SafetensorError, OSError) as error:
+        raise unreadable(weights_file, error) from error
 
 
 def update_meta(path: str | Path, **fields: Any) -> dict[str, Any]:

@@ -36,16 +36,16 @@ def _source(path: Path) -> tuple[Path, dict]:
 
 
 def export(checkpoint: Path, to: Path, fmt: ExportFormat = ExportFormat.safetensors) -> Path:
-    from tl.models.architectures import build_model
-    from tl.models.checkpoint import save_checkpoint
-    from tl.models.heads import HeadSpec
+    """Write the bundle to ``to``: a new folder, an empty one or an earlier bundle (replaced); anything else is refused."""
+    from tl.models.checkpoint import check_target, rebuild, save_checkpoint
+    from tl.models.files import ONNX_FILE
 
+    check_target(to, "--to")  # before the model is built: a refusal costs nothing
     weights, meta = _source(checkpoint)
-    model, _ = build_model(meta["arch"], meta["num_classes"], weights=str(weights), head=HeadSpec(**meta["head"]),
-                           cut_at=meta.get("cut_at"), image_size=meta["input_size"])
+    model = rebuild(meta, weights)
     save_checkpoint(to, model, meta)
     if fmt == ExportFormat.onnx:
-        export_onnx(model.eval(), to / "model.onnx", meta["input_size"])
+        export_onnx(model.eval(), to / ONNX_FILE, meta["input_size"])
     return to
 
 
@@ -73,7 +73,7 @@ def export_onnx(model, path: Path, size: int, atol: float = 1e-4) -> float:
 
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="RUN/best, RUN/last, a model.safetensors, or a state folder RUN/state/step-N.")],
-    to: Annotated[Path, typer.Option(help="Folder to write the bundle to.")],
+    to: Annotated[Path, typer.Option(help="Folder to write the bundle to: a new or empty one, or an earlier bundle to replace.")],
     format: Annotated[ExportFormat, typer.Option(help="safetensors only, or also model.onnx (checked against PyTorch).")] = ExportFormat.safetensors,
 ) -> None:
     """Write a clean inference bundle: model.safetensors + tl.json (no optimizer state), and optionally ONNX."""

@@ -12,7 +12,10 @@ from tl.errors import TLError
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "tl.json"
+ONNX_FILE = "model.onnx"  # tl export --format onnx
 PROGRESS_FILE = "progress.json"  # in a training state folder (OUT/state/step-N): epoch, step, best metric
+# What save_checkpoint and tl export write into a checkpoint folder: a folder holding only these may be replaced.
+CHECKPOINT_FILES = frozenset({MODEL_FILE, META_FILE, ONNX_FILE})
 
 
 def model_file(path: Path) -> Path:

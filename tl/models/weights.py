@@ -20,6 +20,10 @@ from tl.models.heads import ClassifierHead, get_head
 _ENUM_NAME = re.compile(r"^(DEFAULT|[A-Z0-9]+(_[A-Z0-9]+)*_V\d+)$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile add these
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+# What torch says when weights_only refused a real pickle for a class or function it names (not damage: that is
+# "Unsupported operand", "invalid load key", ...). The match is the reason shown to the user.
+_REFUSED_PICKLE = re.compile(r"(Unsupported global|Trying to load unsupported GLOBAL|Trying to call reduce for|"
+                             r"Can only (build|create)[^\n]*?allowlisted)[^\n]*")
 
 
 def is_torchvision_weights_name(weights: str) -> bool:
@@ -51,29 +55,17 @@ def read_state_dict(path_like: str | Path, *, trust_pickle: bool = False) -> dic
             raise TLError(f"--weights: {path} is not a readable safetensors file ({exc})",
                           "re-download or re-export the file")
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if not trust_pickle:
-                first = str(exc).splitlines()[0][:160]
-                raise TLError(f"--weights: {path} holds pickled Python objects, not just tensors ({first})",
-                              "save model.state_dict() instead of the model, or pass --trust-pickle if you trust the file's author")
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(state, nn.Module):
-                state = state.state_dict()
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise TLError(f"--weights: cannot read {path} ({str(exc).splitlines()[0][:200]})",
-                          "is it a PyTorch .pth/.pt state dict? re-download or re-export it")
+        state = _torch_load(path, trust_pickle)
     for key in _NESTED_KEYS:
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TLError(f"--weights: {path} does not hold a state dict of tensors",
                       "save it with torch.save(model.state_dict(), PATH) or safetensors")
-    return _strip_wrapper_prefixes(dict(state))
+    return strip_wrapper_prefixes(dict(state))
 
 
-def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     changed = True
     while changed and state:
         changed = False
@@ -82,6 +74,38 @@ def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.T
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> object:
+    """``torch.load`` without running the file's code; with ``trust_pickle`` a file of pickled objects too."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # garbage makes the unpickler raise anything (KeyError, EOFError, ...): all mean "unreadable"
+        refused = _REFUSED_PICKLE.search(str(error)) if isinstance(error, pickle.UnpicklingError) else None
+        if refused is None:
+            raise _unreadable(path, error) from error
+    if not trust_pickle:  # a real pickle that weights_only refused because it names a class or function
+        raise TLError(f"--weights: {path} holds pickled Python objects, not just tensors ({refused[0].split('. Please')[0][:160]})",
+                      "save model.state_dict() instead of the model, or pass --trust-pickle if you trust the file's author")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # the file's own code runs here: it may raise anything
+        raise _unreadable(path, error) from error
+    return state.state_dict() if isinstance(state, nn.Module) else state
+
+
+def _unreadable(path: Path, error: BaseException) -> TLError:
+    text = str(error).partition("WeightsUnpickler error:")[2] or str(error)  # torch's own reason, past its advice
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    reason = f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+    return TLError(f"--weights: cannot read {path}: not a PyTorch/safetensors weights file, or damaged ({reason})",
+                   "re-download or re-export it: tl reads torch.save(model.state_dict(), PATH) files and .safetensors")
+
+
+def describe_misfit(*, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """'2 missing (e.g. fc.weight, fc.bias); 1 of another shape (e.g. ...)', or "" when every list is empty."""
+    return "; ".join(f"{len(keys)} {what} (e.g. {_examples(sorted(keys))})"
+                     for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys)
 
 
 def _align(state: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
@@ -116,10 +140,8 @@ def load_weights_into(
     unexpected = sorted(k for k in state if k not in target and k not in base_keys)
     missing = sorted(k for k in target if not is_head(k) and k not in state and not k.endswith("num_batches_tracked"))
     mismatched = sorted(k for k in target if not is_head(k) and k in state and state[k].shape != target[k].shape)
-    if unexpected or missing or mismatched:
-        parts = [f"{len(keys)} {what} (e.g. {_examples(keys)})"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys]
-        raise TLError(f"the weights in {source} do not fit this architecture: {'; '.join(parts)}",
+    if misfit := describe_misfit(missing=missing, unexpected=unexpected, mismatched=mismatched):
+        raise TLError(f"the weights in {source} do not fit this architecture: {misfit}",
                       "is the file for another --arch? pass the architecture it was trained with")
 
     head_keys = [k for k in target if is_head(k)]
