@@ -137,6 +137,8 @@ def test_two_processes_write_the_same_csv_as_one(run, tmp_path):
 
 
 def test_top_k_label_names_tta_and_predict(run, tmp_path):
+    from tl.errors import TLError
+
     images = make_image_folder(tmp_path / "data", CLASSES, 2, splits=("val",)) / "val"
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"red": "Rouge", "green": "=Vert"}))
@@ -154,6 +156,12 @@ def test_top_k_label_names_tta_and_predict(run, tmp_path):
                  "--label-names", csv_names)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "img_0.jpg" in result.output and "Bleu" in result.output and "probability" in result.output
+    for bad, says in (({"red": None}, "the name None"), ({"red": "Same", "green": "Same"}, "two classes the name 'Same'"),
+                      (["Rouge", 3], "the name 3")):
+        names.write_text(json.dumps(bad))
+        result = cli("predict-dir", images, "--checkpoint", run / "best", "--out", tmp_path / "bad.csv", "--label-names", names)
+        assert isinstance(result.exception, TLError) and says in str(result.exception), result.output
+        assert not (tmp_path / "bad.csv").exists()
 
 
 def test_bad_input_is_one_line_error(run, tmp_path):

@@ -133,7 +133,11 @@ def read_label_names(path: Path, class_names: list[str]) -> list[str]:
     try:
         if path.suffix.lower() == ".json":
             raw = json.loads(path.read_text())
-            mapping = dict(zip(class_names, map(str, raw))) if isinstance(raw, list) else {str(k): str(v) for k, v in raw.items()}
+            pairs = list(zip(class_names, raw)) if isinstance(raw, list) else list(raw.items())
+            bad = next(((key, value) for key, value in pairs if not isinstance(value, str) or not value.strip()), None)
+            if bad:
+                raise TLError(f"--label-names: {path} gives {bad[0]!r} the name {bad[1]!r}", "every display name is a non-empty string")
+            mapping = {str(k): v for k, v in pairs}
         else:
             with open(path, newline="") as handle:
                 mapping = {row[0]: row[1] for row in csv.reader(handle) if len(row) >= 2}
@@ -142,7 +146,11 @@ def read_label_names(path: Path, class_names: list[str]) -> list[str]:
     if not set(mapping) & set(class_names):
         raise TLError(f"--label-names: {path} names none of the model's classes",
                       f"its keys must be class names such as {', '.join(class_names[:3])}")
-    return [mapping.get(name, name) for name in class_names]
+    shown = [mapping.get(name, name) for name in class_names]
+    made = sorted({n for n in shown if shown.count(n) > 1} - {n for n in class_names if class_names.count(n) > 1})
+    if made:  # two p_<name> columns nobody could tell apart (a model's own repeats, as ImageNet's "crane", stay)
+        raise TLError(f"--label-names: {path} gives two classes the name {made[0]!r}", "give each class its own display name")
+    return shown
 
 
 def autocast_dtype(precision: Precision, device: "torch.device"):
