@@ -92,3 +92,13 @@ def test_float_images_are_read_in_0_to_1_and_refused_outside(tmp_path):
     Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "wide.tif")
     with pytest.raises(TLError, match=r"wide.tif: float pixels in 0..1000"):
         read_image(tmp_path / "wide.tif")
+
+
+@pytest.mark.parametrize("mode, dtype", [("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16", "<u2")])
+def test_16_bit_images_of_either_byte_order_keep_their_top_8_bits(tmp_path, mode, dtype):
+    """PIL's point(), which the 16-bit path used, cannot take I;16B or I;16L: such TIFFs were unreadable."""
+    values = (np.arange(32 * 48).reshape(32, 48) * 41 % 65536).astype(np.uint16)
+    image = Image.frombytes(mode, (48, 32), values.astype(dtype).tobytes())
+    image.save(tmp_path / "deep.tif")
+    pixels = np.asarray(read_image(tmp_path / "deep.tif"))
+    assert (pixels[..., 0] == values >> 8).all() and (pixels[..., 1] == pixels[..., 2]).all()

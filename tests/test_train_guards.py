@@ -149,3 +149,34 @@ def test_a_program_with_loader_workers_exits_when_its_run_is_done(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0 and (tmp_path / "run" / "best").is_dir(), done.stderr[-3000:]
+
+
+def test_numpy_scalars_and_yaml_s_bare_off_and_no_are_what_they_say(tmp_path):
+    import numpy as np
+
+    cfg = to_config(resolve({"dataset": "synthetic", "epochs": np.int64(2), "lr": np.float32(0.5), "overwrite": np.bool_(True)}))
+    assert (cfg.run.epochs, cfg.optim.lr, cfg.run.overwrite) == (2, 0.5, True) and type(cfg.run.epochs) is int
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("cache_images: off\nmixed_precision: no\n")  # YAML 1.1 reads both as false
+    cfg = to_config(resolve({}, recipe))
+    assert (cfg.data.cache_images, cfg.run.mixed_precision) == ("off", "no")
+
+
+def test_a_cut_network_takes_the_small_inputs_its_first_layers_take():
+    from tl.models.architectures import input_sizes
+
+    with pytest.raises(TLError, match="too small for alexnet"):
+        input_sizes("alexnet", image_size=32)
+    assert input_sizes("alexnet", image_size=32, cut_at="features.5") == (32, 37)
+    assert input_sizes("alexnet", dataset="synthetic", synthetic_size=32, cut_at="features.5")[0] == 32
+
+
+def test_reproduce_into_a_finished_run_changes_nothing_there(tmp_path):
+    data = make_image_folder(tmp_path / "data", RGB_CLASSES, 4, splits=("train", "val"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _tiny_run(data, first).exit_code == 0
+    assert _tiny_run(make_image_folder(tmp_path / "other", RGB_CLASSES, 3, splits=("train", "val")), second).exit_code == 0
+    kept = (second / "split.json").read_bytes()
+    result = cli("reproduce", first, "--out", second)
+    assert isinstance(result.exception, TLError) and "already holds a run" in str(result.exception), result.output
+    assert (second / "split.json").read_bytes() == kept

@@ -241,15 +241,12 @@ def _as_image(item: Input, min_short_side: int | None = None):
     from PIL import Image
     from torchvision.transforms.v2.functional import to_dtype, to_image
 
-    from tl.data.decode import orientation, read_image, to_upright
+    from tl.data.decode import orientation, read_image, to_rgb, to_upright
 
     if isinstance(item, (str, os.PathLike)):
         return read_image(Path(item), min_short_side)
     if isinstance(item, Image.Image):
-        if item.mode == "F":
-            return _as_image(np.asarray(item))
-        image = item.point(lambda v: v / 256).convert("L") if item.mode in ("I;16", "I;16B", "I;16L", "I") else item
-        return to_upright(image.convert("RGB"), orientation(item))  # 16 bits to 8 as decode.py does for files
+        return to_upright(to_rgb(item), orientation(item))  # 16-bit and float pixels to 8 bits as for files
     if isinstance(item, np.ndarray):  # HWC -> CHW; torch.from_numpy wants writable memory without negative strides
         pixels = to_image(np.require(item, requirements=["C", "W"])).as_subclass(torch.Tensor)
     else:

@@ -63,10 +63,15 @@ def _check_pixels(image: Image.Image, path: str | Path) -> None:
                       _BOMB_HINT)
 
 
-def _rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale down to 8 bits
-        image = image.point(lambda v: v / 256).convert("L")
-    elif image.mode == "F":  # float greyscale (a float TIFF): PIL's own convert would clip 0..1 to black
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16/32-bit greyscale (PNG, TIFF, either byte order) keeps its top 8 bits; float
+    greyscale (a float TIFF) is read in 0..1, where PIL's own conversion gave black, and refused outside it."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # PIL's point() cannot take I;16B/I;16L: through NumPy
+        import numpy as np
+
+        values = np.asarray(image).astype(np.int64) >> 8
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
         import numpy as np
 
         values = np.asarray(image)
@@ -84,7 +89,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             _check_pixels(image, path)
             image.load()
-            return _rgb(image)
+            return to_rgb(image)
     except TLError:
         raise
     except Image.DecompressionBombError as exc:  # PIL refuses at open above twice the limit, in its own words
@@ -261,6 +266,6 @@ def _decode_jpeg_scaled(path: Path, scale: int):
             width, height = image.size
             image.draft("RGB", (width // scale, height // scale))
             image.load()
-            return pil_to_tensor(image if image.mode == "RGB" else _rgb(image))  # no copy: read inside the with
+            return pil_to_tensor(image if image.mode == "RGB" else to_rgb(image))  # no copy: read inside the with
     except Exception:  # damaged: the full-size decoders give the same answer as without scaling
         return None

@@ -88,15 +88,18 @@ def default_sizes(arch: str) -> tuple[int, int]:
     return crop, int(resize)
 
 
-def input_sizes(arch: str, *, image_size: int | None = None, dataset: str = "", synthetic_size: int = 32) -> tuple[int, int]:
+def input_sizes(arch: str, *, image_size: int | None = None, dataset: str = "", synthetic_size: int = 32,
+                cut_at: str | None = None) -> tuple[int, int]:
     """(crop, resize) a run feeds the model: ``--image-size``, else the synthetic set's own size (small on purpose:
     upscaling it to 224 px would only cost time; the smallest the architecture takes if that is smaller), else the
-    architecture's pretrained size. A ``--image-size`` the architecture cannot take is a TLError here, before any work."""
+    architecture's pretrained size. A ``--image-size`` the architecture cannot take is a TLError here, before any work
+    (not checked for a network cut at ``cut_at``: its first layers take smaller inputs than the whole does)."""
     check_arch(arch)
     if image_size:
-        check_image_size(arch, image_size)
+        if not cut_at:
+            check_image_size(arch, image_size)
     elif dataset == "synthetic":
-        image_size = synthetic_size if not _size_problem(arch, synthetic_size) else max(synthetic_size, smallest_size(arch))
+        image_size = synthetic_size if cut_at or not _size_problem(arch, synthetic_size) else max(synthetic_size, smallest_size(arch))
     return (image_size, round(image_size / 0.875)) if image_size else default_sizes(arch)
 
 

@@ -5,9 +5,10 @@ Only typer and the config are imported here, so ``--help`` and flag errors answe
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -125,14 +126,23 @@ def command(
     if print_config:  # as given, not resolved: `weights: auto` stays auto, so the recipe adapts to its dataset
         print(to_yaml({name: parse_option(name, value) for name, value in options.items()}), end="")
         return
-    from tl.errors import EXIT_REQUEUE, Stopped
-    from tl.progress import log
     from tl.training.api import train_config
 
-    try:
+    with stop_codes():
         train_config(cfg)
-    except Stopped as stopped:  # SLURM's job script requeues on this code
-        log.warning(f"{stopped.where}; continue with the same command and --resume auto")
+
+
+@contextmanager
+def stop_codes(resume_hint: str = "continue with the same command and --resume auto") -> Iterator[None]:
+    """A command's ending for a run that stopped as asked (tl.errors.Stopped): the hint, and EXIT_REQUEUE, on which
+    SLURM's job script requeues; a second Ctrl-C, which stops at once: 130."""
+    from tl.errors import EXIT_REQUEUE, Stopped
+    from tl.progress import log
+
+    try:
+        yield
+    except Stopped as stopped:
+        log.warning(f"{stopped.where}; {resume_hint}")
         raise SystemExit(EXIT_REQUEUE)
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+    except KeyboardInterrupt:
         raise SystemExit(130)

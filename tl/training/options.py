@@ -125,15 +125,23 @@ def coerce(name: str, value: Any, where: str) -> Any:
         raise TLError(f"{where}: {name} has no value (None)", f"give {_KINDS[base]}, e.g. {name}: {defaults()[name]!r}")
     if name == "resume" and isinstance(value, bool):
         return "auto" if value else None
-    converted = _convert(base, value)
+    converted = _convert(base, value, name)
     if converted is None:
         raise TLError(f"{where}: {name} must be {_KINDS[base]}, got {value!r}", f"e.g. {name}: {defaults()[name]!r}")
     return converted
 
 
-def _convert(base: str, value: Any) -> Any:
-    """``value`` as ``base`` (int, float, bool or str), or None when it is not one."""
+_YAML_FALSE = {"cache_images": "off", "mixed_precision": "no"}  # YAML 1.1 reads a bare off / no as false
+
+
+def _convert(base: str, value: Any, name: str = "") -> Any:
+    """``value`` as ``base`` (int, float, bool or str), or None when it is not one. NumPy scalars count as numbers
+    (``epochs=np.int64(2)`` from a sweep); a bare YAML ``off``/``no`` where a word is expected is that word."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # np.int64, np.float32, np.bool_ as the Python values they hold
     if isinstance(value, bool):  # before int: True is an int to Python, never a count or a rate here
+        if base == "str" and value is False and name in _YAML_FALSE:
+            return _YAML_FALSE[name]
         return value if base == "bool" else None
     if isinstance(value, str):
         text = value.strip()

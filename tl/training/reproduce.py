@@ -19,6 +19,7 @@ def command(
     """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
     from tl.config import TrainConfig
     from tl.data.splits import MANIFEST, pin
+    from tl.training.command import stop_codes
     from tl.training.run import run
 
     config_file = run_dir / "config.json"
@@ -28,9 +29,13 @@ def command(
     cfg = TrainConfig.from_dict(record["config"])
     cfg.run.out = str(out or run_dir / "reproduce")
     cfg.run.resume, cfg.run.overwrite = None, False
+    done = Path(cfg.run.out) / "metrics.jsonl"
+    if done.is_file() and done.stat().st_size:  # before its split.json is replaced by the copy below
+        raise TLError(f"--out: {cfg.run.out} already holds a run", "choose another --out")
     manifest = run_dir / MANIFEST
     if manifest.is_file():  # the same train/val/test split, not a new one
         Path(cfg.run.out).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(manifest, Path(cfg.run.out) / MANIFEST)
         pin(Path(cfg.run.out) / MANIFEST, "tl reproduce")
-    run(cfg, expect_fingerprint=record.get("data_fingerprint"))
+    with stop_codes(f"continue with: tl train --config {cfg.run.out}/config.json --out {cfg.run.out} --resume auto"):
+        run(cfg, expect_fingerprint=record.get("data_fingerprint"))

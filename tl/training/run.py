@@ -50,7 +50,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
-                               synthetic_size=cfg.data.synthetic_size)
+                               synthetic_size=cfg.data.synthetic_size, cut_at=cfg.model.cut_at)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
     on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
@@ -67,8 +67,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         manifest = out / MANIFEST
         replacing = not candidates and manifest.is_file() and (finished_run or not splits.is_pinned(manifest))
         listing = manifest.with_name(MANIFEST + ".new") if replacing else manifest
-        if replacing and accelerator.is_main_process:
-            listing.unlink(missing_ok=True)  # a replacement that failed before
+        if accelerator.is_main_process:
+            manifest.with_name(MANIFEST + ".new").unlink(missing_ok=True)  # a replacement that failed before
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
