@@ -5,6 +5,7 @@ The same function serves ``tl train``, ``python -m tl.train`` and ``accelerate l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -67,8 +68,10 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         manifest = out / MANIFEST
         replacing = not candidates and manifest.is_file() and (finished_run or not splits.is_pinned(manifest))
         listing = manifest.with_name(MANIFEST + ".new") if replacing else manifest
-        if accelerator.is_main_process:
-            manifest.with_name(MANIFEST + ".new").unlink(missing_ok=True)  # a replacement that failed before
+        stale = manifest.with_name(MANIFEST + ".new")  # a replacement that failed before
+        if accelerator.is_main_process and stale.exists():
+            with contextlib.suppress(OSError):  # a read-only --out says so once, where the run first writes
+                stale.unlink()
         data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
