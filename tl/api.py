@@ -273,8 +273,11 @@ def _check_type(name: str, value: Any, types: tuple[type, ...], what: str, where
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
+    from tl.inference.folder import check_counts
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TLError(f"--batch-size: must be at least 1 (or 0 for the automatic size), got {batch_size!r}")
+    check_counts(batch_size=batch_size)
 
 
 def _predict_dir_options(options: dict[str, Any], engine: Any) -> dict[str, Any]:
@@ -282,6 +285,7 @@ def _predict_dir_options(options: dict[str, Any], engine: Any) -> dict[str, Any]
     import difflib
     import inspect
 
+    from tl.inference.folder import check_counts
     from tl.inference.predictor import Precision
 
     valid = [name for name, p in inspect.signature(engine).parameters.items() if p.kind is p.KEYWORD_ONLY]
@@ -296,13 +300,9 @@ def _predict_dir_options(options: dict[str, Any], engine: Any) -> dict[str, Any]
     _check_type("--num-workers", options.get("num_workers", -1), (numbers.Integral,), "an int: -1 (automatic) or >= 0")
     _check_type("--min-confidence", options.get("min_confidence", 0.0), (numbers.Real,), "a probability in [0, 1]")
     _check_type("--unknown-label", options.get("unknown_label", "unknown"), (str,), "a label")
-    top_k = options.get("top_k")
-    if top_k is not None:
-        _check_type("--top-k", top_k, (numbers.Integral,), "an int or None")
-        if top_k < 0:
-            raise TLError("--top-k: must be >= 0", "0 writes one column per class")
-    if options.get("num_workers", -1) < -1:
-        raise TLError(f"--num-workers: must be -1 (automatic) or >= 0, got {options['num_workers']}")
+    if options.get("top_k") is not None:
+        _check_type("--top-k", options["top_k"], (numbers.Integral,), "an int or None")
+    check_counts(**{name: options[name] for name in ("batch_size", "top_k", "num_workers") if name in options})  # as the command
     precision = options.get("precision", Precision.auto)
     if precision not in [p.value for p in Precision]:
         raise TLError(f"--precision: {precision!r} is not one of {', '.join(p.value for p in Precision)}",

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from tl.errors import TLError
-from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_folder, predict_dir
+from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_counts, check_folder, predict_dir
 from tl.inference.predictions_csv import check_out, check_unknown_label
 from tl.inference.predictor import Precision, autocast_dtype, load_predictor, probabilities
 
@@ -80,10 +80,7 @@ def predict_dir_command(
 
       accelerate launch -m tl.predict_dir photos/ --checkpoint runs/r18/best --out preds.csv
     """
-    if batch_size < 0:
-        raise TLError("--batch-size: must be at least 1 (or 0 for the automatic size)")
-    if top_k is not None and top_k < 0:
-        raise TLError("--top-k: must be >= 0", "0 writes one column per class")
+    check_counts(batch_size=batch_size, top_k=top_k, num_workers=num_workers)
     check_folder(images)
     check_out(out, resume=resume, overwrite=overwrite)  # before the model loads: a bad --out costs nothing
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)

@@ -77,6 +77,16 @@ def check_folder(images: Path) -> None:
         raise TLError(f"{images} is not a folder", "pass a folder of images (searched recursively); for files use `tl predict`")
 
 
+def check_counts(*, batch_size: int = 0, top_k: int | None = None, num_workers: int = -1) -> None:
+    """predict-dir's number options, one check for the command and ``tl.Classifier.predict_dir``, before any work."""
+    if batch_size < 0:
+        raise TLError(f"--batch-size: must be at least 1 (or 0 for the automatic size), got {batch_size}")
+    if top_k is not None and top_k < 0:
+        raise TLError("--top-k: must be >= 0", "0 writes one column per class")
+    if num_workers < -1:
+        raise TLError(f"--num-workers: must be -1 (automatic) or >= 0, got {num_workers}")
+
+
 def find_images(images: Path) -> tuple[list[Path], dict[Path, str]]:
     """(image files under ``images`` in sorted order, {broken link: why it cannot be read}); the broken links are
     in the list too, so they get an error row. Symlinked folders are not entered, so loops cannot hang it."""
