@@ -11,6 +11,10 @@ stamp=".venv/.tl-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing tl and its dependencies into .venv (a few minutes the first time)"
+    # The distribution was called "tl" before it became tl-finetune; two editable installs of one package would clash.
+    if [ -n "$(.venv/bin/python -m pip list --disable-pip-version-check --format freeze 2>/dev/null | grep -x 'tl==.*')" ]; then
+        .venv/bin/python -m pip uninstall --quiet --yes tl
+    fi
     # pip prints a warning per missing local index folder on some machines; keep the log short.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import tl, torch, torchvision, accelerate" 

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 # or another package of its own layer (data and models do not know each other).
 LAYERS = [
     {"tl.errors"},  # shared by every stage, in their own order
-    {"tl.config", "tl.progress"},
+    {"tl.config", "tl.progress", "tl.shipped"},  # tl.shipped: the SLURM templates, accelerate configs, recipes
     {"tl.runtime", "tl.entry"},
     {"tl.data", "tl.models", "tl.viz", "tl.viz.confusion", "tl.viz.curves"},  # the stages, and pictures that only draw
     {"tl.inference"},

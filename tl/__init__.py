@@ -7,7 +7,7 @@ From Python: ``tl.train(...)`` -> ``Run``, ``tl.load(path)`` -> ``Classifier`` (
 
 from tl.errors import TLError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["TLError", "train", "load", "plot", "Classifier", "Prediction", "Run"]
 
 _API = ("train", "load", "plot", "Classifier", "Prediction", "Run")

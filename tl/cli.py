@@ -6,6 +6,11 @@ is cheap (typer only), heavy libraries are imported inside the commands so that 
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
+from tl import __version__
 from tl.cluster import doctor, slurm
 from tl.data import check, prepare, split_command, stats
 from tl.entry import Typer, report
@@ -24,6 +29,15 @@ app = Typer(  # tl's help layout, shared with the python -m programs: see tl/ent
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback(invoke_without_command=True)
+def version(show: Annotated[bool, typer.Option("--version", is_eager=True, help="Print tl's version and exit.")] = False) -> None:
+    if show:
+        print(f"tl {__version__}")
+        raise typer.Exit()
+
+
 app.command("train")(train.command)
 app.command("archs")(archs_command.command)
 app.command("reproduce")(reproduce.command)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -18,8 +19,7 @@ import typer
 
 from tl.errors import TLError
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: tl/cluster/slurm.py -> the folder holding slurm/
-TEMPLATES = ROOT / "slurm"
+CHECKOUT = Path(__file__).resolve().parents[2]  # tl/cluster/slurm.py -> a clone's top folder, or site-packages
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 RES, RUN = "Resources", "Job"
 
@@ -103,6 +103,7 @@ def submit(
     script: Annotated[Script, typer.Option(help="train, or predict (tl predict-dir IMAGES --out preds.csv --checkpoint RUN/best).", rich_help_panel=RUN)] = Script.train,
     accelerate_config: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="accelerate config (default: by the node's GPUs).", rich_help_panel=RUN)] = None,
     sweep: Annotated[Optional[str], typer.Option(help='Array job over one flag, one --out subfolder per value: "--lr 0.1 0.01".', rich_help_panel=RUN)] = None,
+    shards: Annotated[int, typer.Option(min=1, help="With --script predict: an array job of N tasks, each predicting one contiguous block of the files into OUT.shard-K-of-N, then a job that merges them into --out.", rich_help_panel=RUN)] = 1,
     signal_seconds: Annotated[int, typer.Option(min=0, help="Seconds before the time limit when the run saves its state and requeues (0: off).", rich_help_panel=RUN)] = 300,
     job_name: Annotated[Optional[str], typer.Option(help="Job name.", rich_help_panel=RUN)] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the script and do not submit.", rich_help_panel=RUN)] = False,
@@ -122,16 +123,21 @@ def submit(
     if training:
         check_train_args(args)
     elif sweep or nodes > 1:
-        raise TLError("--sweep and --nodes apply to training", "predict-dir runs as one process on one node")
+        raise TLError("--sweep and --nodes apply to training", "predict-dir runs on one node per task: spread it with --shards N")
+    if training and shards > 1:
+        raise TLError("--shards applies to --script predict", "spread a training run with --nodes and --gpus-per-node")
     sweep_spec, tasks = _sweep(sweep, args) if training else (None, 0)
     name = "train_multinode.sbatch" if training and nodes > 1 else "train.sbatch" if training else "predict_dir.sbatch"
-    template = TEMPLATES / name
-    if not template.is_file():
-        raise TLError(f"the SLURM templates are not next to tl ({template} missing)", "install tl from a clone: pip install -e .")
+    from tl import shipped
     from tl.config import RunConfig
+
+    template = shipped.folder("slurm") / name
+    if not template.is_file():
+        raise TLError(f"tl's SLURM template {name} is missing ({template})", "reinstall tl: pip install --force-reinstall tl-finetune")
 
     out = Path(_option(args, "--out") or (RunConfig.out if training else "preds.csv"))
     logs = (out if training else out.resolve().parent) / "slurm"
+    tasks = tasks or (shards if shards > 1 else 0)
     log_name = "%x-%A_%a.out" if tasks else "%x-%j.out"
     directives: dict[str, Optional[str]] = {
         "job-name": job_name, "nodes": str(nodes), "cpus-per-task": str(cpus_per_task), "time": time_limit,
@@ -139,10 +145,13 @@ def submit(
         "gpus-per-node": str(gpus_per_node) if gpus_per_node else None,
         "array": f"0-{tasks - 1}" if tasks else None,
     }
-    if training:
-        directives["signal"] = f"B:USR1@{signal_seconds}" if signal_seconds else None
+    directives["signal"] = f"B:USR1@{signal_seconds}" if signal_seconds else None
     directives = {k: v for k, v in directives.items() if v is not None or k in ("gpus-per-node", "signal")}
-    exports = {"TL_ROOT": str(ROOT)}
+    # The job runs the python that runs this command, and the accelerate configs shipped with it: a wheel install
+    # needs no checkout. A checkout is still named, for a plain `sbatch` of the rendered file from elsewhere.
+    exports = {"TL_BIN": str(Path(sys.executable).parent), "TL_CONFIG_DIR": str(shipped.folder("accelerate_configs"))}
+    if (CHECKOUT / "pyproject.toml").is_file():
+        exports["TL_ROOT"] = str(CHECKOUT)
     if accelerate_config:
         exports["TL_ACCELERATE_CONFIG"] = str(accelerate_config.resolve())
     if procs_per_node:
@@ -166,4 +175,26 @@ def submit(
         raise TLError(f"sbatch refused the job: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}",
                       f"the script is in {path}; adjust --partition/--time/--gpus-per-node")
     job = result.stdout.strip().split(";")[0]
-    print(f"submitted job {job}: script {path}, log {logs.resolve() / log_name}" + (f", run in {out}" if training else f", CSV {out}"))
+    print(f"submitted job {job}: script {path}, log {logs.resolve() / log_name}" + (f", run in {out}" if training else f", predictions {out}"))
+    if shards > 1:
+        merge = submit_merge(sbatch, job, out, shards, logs, partition=partition, account=account)
+        print(f"submitted job {merge}: merges the {shards} shards into {out} once every task of job {job} has ended well")
+
+
+def shard_files(out: Path, shards: int) -> list[Path]:
+    """The files the array tasks of slurm/predict_dir.sbatch write for --out ``out`` (the script names them so)."""
+    return [out.with_name(f"{out.stem}.shard-{k}-of-{shards}{out.suffix}") for k in range(shards)]
+
+
+def submit_merge(sbatch: str, job: str, out: Path, shards: int, logs: Path, *, partition: Optional[str], account: Optional[str]) -> str:
+    """A one-CPU job that runs `tl merge-predictions` when every task of the array ``job`` has ended with exit 0."""
+    command = shlex.join([str(Path(sys.executable)), "-m", "tl.cli", "merge-predictions",
+                          *map(str, shard_files(out.resolve(), shards)), "--out", str(out.resolve())])
+    flags = [f"--dependency=afterok:{job}", "--job-name=tl-merge", "--ntasks=1", "--cpus-per-task=1", "--time=01:00:00",
+             f"--output={logs.resolve() / '%x-%j.out'}", *([f"--partition={partition}"] if partition else []),
+             *([f"--account={account}"] if account else [])]
+    result = subprocess.run([sbatch, "--parsable", *flags, "--wrap", command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TLError(f"sbatch refused the merge job: {result.stderr.strip()[-300:] or result.returncode}",
+                      f"when job {job} has ended, run: {command}")
+    return result.stdout.strip().split(";")[0]

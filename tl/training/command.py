@@ -35,7 +35,7 @@ Tracker = _choices("Tracker", config.TRACKERS)
 
 def command(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option(help="A recipe: YAML or JSON of these options (a run's config.json too); flags given here override it.", rich_help_panel=RUN)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A recipe: YAML or JSON of these options (a run's config.json too), or one tl ships by name (finetune, linear-probe, mlp-plateau); flags given here override it.", rich_help_panel=RUN)] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved options as YAML (a recipe to start from) and exit.", rich_help_panel=RUN)] = False,
     arch: Annotated[str, typer.Option(help="torchvision architecture (`tl archs`), or module:callable taking num_classes.", rich_help_panel=MODEL)] = ModelConfig.arch,
     weights: Annotated[str, typer.Option(help="auto: ImageNet weights (DEFAULT) on real data, random on --dataset synthetic | DEFAULT | a torchvision weights name (IMAGENET1K_V1) | PATH to .safetensors/.pth or a tl checkpoint | none: random.", rich_help_panel=MODEL)] = ModelConfig.weights,

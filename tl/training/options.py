@@ -76,7 +76,11 @@ def read_recipe(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
-        raise TLError(f"--config: no such file {path}", "give a YAML or JSON recipe, or a run's config.json")
+        from tl import shipped
+
+        if (named := shipped.recipe(str(path))) is None:
+            raise TLError(f"--config: no such file {path}", f"give a YAML or JSON recipe, a run's config.json, or one of tl's: {', '.join(shipped.recipe_names())}")
+        path = named
     try:
         raw = yaml.safe_load(path.read_text()) if path.suffix.lower() in (".yaml", ".yml") else json.loads(path.read_text())
     except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
