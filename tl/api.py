@@ -121,17 +121,19 @@ class Classifier:
                                                     _describe(items[index]))
         return answers[0] if single else answers  # type: ignore[return-value]
 
-    def predict_dir(self, folder: str | Path, out: str | Path, *, progress: bool = True, **options: Any) -> "Summary":
-        """``tl predict-dir FOLDER --out OUT``: the same CSV; ``options`` are its flags (resume=True, top_k=5, ...),
-        checked as the command checks them."""
+    def predict_dir(self, folder: str | Path | None, out: str | Path, *, progress: bool = True, **options: Any) -> "Summary":
+        """``tl predict-dir FOLDER --out OUT``: the same file (a CSV, or a .parquet); ``options`` are its flags
+        (resume=True, top_k=5, shard="0/4", files="list.txt" with folder None, ...), checked as the command checks
+        them. SIGTERM/SIGUSR1/Ctrl-C stop it after the batch in flight with ``tl.errors.Stopped``: resume=True continues."""
         from tl.inference.folder import predict_dir
         from tl.progress import quiet
 
-        _check_type("predict_dir's folder", folder, (str, os.PathLike), "a folder path")
-        _check_type("--out", out, (str, os.PathLike), "a CSV path")
+        if folder is not None or options.get("files") is None:
+            _check_type("predict_dir's folder", folder, (str, os.PathLike), "a folder path (or None with files=)")
+        _check_type("--out", out, (str, os.PathLike), "a .csv or .parquet path")
         options = _predict_dir_options(options, predict_dir)
         with quiet(not progress):
-            return predict_dir(self._predictor, Path(folder), Path(out), **options)
+            return predict_dir(self._predictor, None if folder is None else Path(folder), Path(out), **options)
 
     def show_predictions(self, inputs: Input | Iterable[Input], *, titles: Sequence[str] | None = None) -> "Figure":
         """A grid of the inputs (one, or an iterable: as ``predict`` takes them) titled with the predicted class and
@@ -300,6 +302,11 @@ def _predict_dir_options(options: dict[str, Any], engine: Any) -> dict[str, Any]
     _check_type("--num-workers", options.get("num_workers", -1), (numbers.Integral,), "an int: -1 (automatic) or >= 0")
     _check_type("--min-confidence", options.get("min_confidence", 0.0), (numbers.Real,), "a probability in [0, 1]")
     _check_type("--unknown-label", options.get("unknown_label", "unknown"), (str,), "a label")
+    if options.get("files") is not None:
+        _check_type("--files", options["files"], (str, os.PathLike), "a list file's path")
+        options = {**options, "files": Path(options["files"])}
+    if options.get("shard") is not None:
+        _check_type("--shard", options["shard"], (str,), "'K/N' or 'auto'")
     if options.get("top_k") is not None:
         _check_type("--top-k", options["top_k"], (numbers.Integral,), "an int or None")
     check_counts(**{name: options[name] for name in ("batch_size", "top_k", "num_workers") if name in options})  # as the command

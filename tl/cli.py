@@ -16,7 +16,7 @@ from tl.data import check, prepare, split_command, stats
 from tl.entry import Typer, report
 from tl.errors import TLError
 from tl.inference import commands as predict
-from tl.inference import evaluate, suspects
+from tl.inference import evaluate, merge, suspects
 from tl.models import archs_command, export
 from tl.training import command as train
 from tl.training import reproduce
@@ -45,6 +45,7 @@ app.add_typer(slurm.app, name="slurm")
 app.command("doctor", context_settings=doctor.CONTEXT)(doctor.command)
 app.command("export")(export.command)
 app.command("predict-dir")(predict.predict_dir_command)
+app.command("merge-predictions")(merge.command)
 app.command("predict")(predict.predict_command)
 app.command("eval")(evaluate.command)
 app.command("suspects")(suspects.command)

@@ -1,4 +1,5 @@
-"""How a tl command runs as a program: a TLError becomes one line and a hint on stderr (exit 2), no traceback.
+"""How a tl command runs as a program: a TLError becomes one line and a hint on stderr (exit 2), no traceback; a
+run asked to stop (SIGTERM/SIGUSR1, as SLURM sends) exits 75 with the line that says how to continue (``stop_codes``).
 
 Used by the ``tl`` registrar (``tl.cli``) and by the single-command programs (``python -m tl.train``,
 ``python -m tl.predict_dir``, ``python -m tl.doctor``), so they all fail the same way. ``TL_DEBUG=1`` re-raises.
@@ -12,7 +13,8 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -157,3 +159,19 @@ def run_single(command: Callable, context_settings: dict | None = None) -> None:
         single()
     except TLError as error:
         report(error)
+
+
+@contextmanager
+def stop_codes(resume_hint: str = "continue with the same command and --resume auto") -> Iterator[None]:
+    """A command's ending for a run that stopped as asked (tl.errors.Stopped): the hint, and EXIT_REQUEUE, on which
+    SLURM's job script requeues; a second Ctrl-C, which stops at once: 130."""
+    from tl.errors import EXIT_REQUEUE, Stopped
+    from tl.progress import log
+
+    try:
+        yield
+    except Stopped as stopped:
+        log.warning(f"{stopped.where}; {resume_hint}")
+        raise SystemExit(EXIT_REQUEUE)
+    except KeyboardInterrupt:
+        raise SystemExit(130)

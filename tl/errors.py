@@ -25,10 +25,11 @@ class TLError(Exception):
 class Stopped(KeyboardInterrupt):
     """A run that was asked to stop (Ctrl-C, a notebook's interrupt, SIGTERM/SIGUSR1 as SLURM sends) and stopped
     cleanly. A KeyboardInterrupt, so that an interrupt from Python stays one (``except Exception`` does not swallow
-    it); ``tl train`` turns it into exit code EXIT_REQUEUE and the command-line hint."""
+    it); ``tl train`` and ``tl predict-dir`` turn it into exit code EXIT_REQUEUE and the command-line hint."""
 
-    def __init__(self, signal_name: str, state_dir: str | None) -> None:
+    def __init__(self, signal_name: str, state_dir: str | None, *, where: str = "",
+                 resume: str = "continue with tl.train(..., resume='auto')") -> None:
         self.signal_name, self.state_dir = signal_name, state_dir
-        self.where = (f"state saved in {state_dir}" if state_dir else
-                      "stopped before the first training step (states saved earlier are kept)")
-        super().__init__(f"{signal_name}: {self.where}; continue with tl.train(..., resume='auto')")
+        self.where = where or (f"state saved in {state_dir}" if state_dir else
+                               "stopped before the first training step (states saved earlier are kept)")
+        super().__init__(f"{signal_name}: {self.where}; {resume}")

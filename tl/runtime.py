@@ -1,4 +1,5 @@
-"""Where the code runs: the accelerator for this machine, its precision rule, worker counts, and what the CPU can do.
+"""Where the code runs: the accelerator for this machine, its precision rule, worker counts, what the CPU can do,
+and the signals (SIGTERM/SIGUSR1/Ctrl-C) that ask a run, training or predict-dir, to stop cleanly.
 
 Shared by every stage (data commands size their loaders with it, training and inference build their accelerator
 with it). Let accelerate own distribution: no rank arithmetic by hand. Training's own set-up (loaders, trackers,
@@ -10,13 +11,15 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from tl.errors import TLError
+from tl.errors import Stopped, TLError
 from tl.progress import log
 
 
@@ -107,3 +110,74 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request
+    to save and stop after the current step. A second signal stops at once."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self, doing: str = "saving state after this step", where: str = "training") -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+        self.doing, self.where = doing, where  # what the warning says happens next; what runs (when in a thread)
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
+            log.info(f"{self.where} in a thread: Ctrl-C and SIGTERM cannot ask this run to stop cleanly")
+            return self
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        if self.signal_name is not None:
+            log.warning(f"{name} again: stopping now without saving")
+            if number == signal.SIGINT:
+                raise KeyboardInterrupt  # a notebook's kernel lives on; `tl train` exits 130
+            raise SystemExit(128 + number)
+        self.signal_name = name
+        log.warning(f"{name} received: {self.doing}, then exiting (send it again to stop at once)")
+
+    def stopped(self, state_dir: Path | None, **where: str) -> Stopped:
+        """The exception that ends the run once it stopped as asked (its state saved in ``state_dir``; ``where``:
+        ``Stopped``'s own words for a run that has no state folder)."""
+        return Stopped(self.signal_name or "stop", str(state_dir) if state_dir else None, **where)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def agreed(self, accelerator: Accelerator, alarm: torch.Tensor | None = None) -> bool:
+        """Whether any process was asked to stop, or (several processes) raised ``alarm``, a device flag such as
+        ``LossGuard.alarm()``: one collective for both, so every rank stops at the same step."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        if alarm is not None:
+            flag = flag + alarm.to(flag)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader's ``worker_init_fn`` (training's, predict-dir's): its workers leave Ctrl-C and SIGUSR1 to the main process.
+
+    A terminal's Ctrl-C (and a notebook's interrupt) reaches every process of the group. Workers forked after
+    ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a second made
+    the workers exit, so the main process died of "DataLoader worker exited unexpectedly" without saving. SIGTERM is
+    left to torch's own worker handler: multiprocessing ends daemonic workers with it when the program exits (ignored,
+    the program hung there).
+    """
+    for name in ("SIGINT", "SIGUSR1"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)

@@ -1,7 +1,8 @@
-"""``tl predict-dir`` (a folder to a streaming CSV) and ``tl predict`` (a few images to a table or JSON): the CLI layer.
+"""``tl predict-dir`` (a folder or list to a streaming CSV or Parquet) and ``tl predict`` (a few images to a table
+or JSON): the CLI layer.
 
 Exit codes: 0 every file was predicted, 1 some files could not be read (their rows carry an ``error``),
-2 bad input (TLError).
+2 bad input (TLError), 75 stopped on SIGTERM/SIGUSR1 after writing the batch in flight (``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from tl.errors import TLError
-from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_counts, check_folder, predict_dir
-from tl.inference.predictions_csv import check_out, check_unknown_label
+from tl.inference.file_list import check_inputs
+from tl.inference.folder import CPU_BATCH, GPU_BATCH, Summary, check_counts, check_output, predict_dir
+from tl.inference.predictions_csv import check_unknown_label
 from tl.inference.predictor import Precision, autocast_dtype, load_predictor, probabilities
 
 
@@ -27,8 +29,11 @@ def print_summary(summary: Summary, out: Path) -> None:
     table.add_column(style="bold")
     table.add_column()
     rate = summary.predicted / summary.seconds if summary.seconds else 0.0
-    for key, value in {"images": summary.total, "predicted now": f"{summary.predicted} ({rate:.1f} img/s)",
-                       "already in the CSV": summary.resumed, "unreadable": summary.failed, "csv": out}.items():
+    rows = {"images": summary.total, "predicted now": f"{summary.predicted} ({rate:.1f} img/s)",
+            "already written": summary.resumed, "unreadable": summary.failed, "out": out}
+    if summary.shard:
+        rows = {"shard": summary.shard, **rows}
+    for key, value in rows.items():
         table.add_row(key, str(value))
     out_console().print(table)
     if summary.failed:  # a warning, so stderr: stdout keeps the summary alone
@@ -52,14 +57,16 @@ UnknownLabelOpt = Annotated[str, typer.Option(help="The label of an image under 
 
 
 def predict_dir_command(
-    images: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", rich_help_panel=INPUT)],
-    out: Annotated[Path, typer.Option(help="CSV to write: path, label, confidence, p_<class>..., error.", rich_help_panel=OUTPUT)],
+    images: Annotated[Optional[Path], typer.Argument(help="Folder of images, searched recursively (or give --files instead).", show_default=False, rich_help_panel=INPUT)] = None,
+    out: Annotated[Path, typer.Option(help="File to write, .csv or .parquet (same columns; probabilities as floats): path, label, confidence, p_<class>..., error.", rich_help_panel=OUTPUT)] = ...,
+    files: Annotated[Optional[Path], typer.Option(help="Instead of IMAGES: a text file of image paths, one a line, or a .csv with a `path` column; relative paths are relative to the list's folder. Rows follow the list's order and repeat its paths; a missing file gets an error row.", rich_help_panel=INPUT)] = None,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: predict only the K-th of N contiguous blocks of the (sorted) files, K from 0 to N-1; each shard writes its own --out and resumes on its own, `tl merge-predictions` joins them. auto: K and N of this SLURM array task.", rich_help_panel=INPUT)] = None,
     checkpoint: CheckpointOpt = None,
     arch: ArchOpt = None,
     weights: WeightsOpt = "DEFAULT",
     top_k: Annotated[Optional[int], typer.Option(help="Write the K best label/probability pairs instead of one column per class (0: every class; default: every class up to 20, else 5).", rich_help_panel=OUTPUT)] = None,
     label_names: LabelNamesOpt = None,
-    resume: Annotated[bool, typer.Option(help="Keep the rows already in --out and predict only the missing files.", rich_help_panel=OUTPUT)] = False,
+    resume: Annotated[bool, typer.Option(help="Keep the rows already in --out and predict only the missing files (after a kill, or exit 75 on SIGTERM/SIGUSR1).", rich_help_panel=OUTPUT)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.", rich_help_panel=OUTPUT)] = False,
     tta: TtaOpt = False,
     calibration: CalibrationOpt = True,
@@ -70,23 +77,38 @@ def predict_dir_command(
     min_confidence: MinConfidenceOpt = 0.0,
     unknown_label: UnknownLabelOpt = "unknown",
 ) -> None:
-    """Predict every image in a folder into a CSV, streaming (exit 0: all read; 1: some unreadable; 2: bad input).
+    """Predict every image in a folder or list into a CSV or Parquet, streaming (exit 0: all read; 1: some
+    unreadable; 2: bad input; 75: stopped by SIGTERM/SIGUSR1 after the batch in flight, continue with --resume).
 
     Examples:
 
       tl predict-dir photos/ --checkpoint runs/r18/best --out preds.csv
 
+      tl predict-dir --files manifest.txt --checkpoint runs/r18/best --out preds.parquet
+
+      tl predict-dir photos/ --checkpoint runs/r18/best --shard 0/4 --out preds-0.csv  # then 1/4, 2/4, 3/4
+
+      tl merge-predictions preds-0.csv preds-1.csv preds-2.csv preds-3.csv --out preds.csv
+
+      tl predict-dir photos/ --checkpoint runs/r18/best --shard auto --out preds-$SLURM_ARRAY_TASK_ID.csv --resume  # in sbatch --array=0-3
+
       tl predict-dir photos/ --arch squeezenet1_0 --weights squeezenet.safetensors --out imagenet.csv
 
       accelerate launch -m tl.predict_dir photos/ --checkpoint runs/r18/best --out preds.csv
     """
+    from tl.entry import stop_codes
+    from tl.inference.shards import parse_shard
+
     check_counts(batch_size=batch_size, top_k=top_k, num_workers=num_workers)
-    check_folder(images)
-    check_out(out, resume=resume, overwrite=overwrite)  # before the model loads: a bad --out costs nothing
+    check_inputs(images, files)
+    parse_shard(shard)  # a bad --shard costs nothing either
+    check_output(out, resume=resume, overwrite=overwrite)  # before the model loads: a bad --out costs nothing
     predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
-    summary = predict_dir(predictor, images, out, batch_size=batch_size, num_workers=num_workers, top_k=top_k, tta=tta,
-                          precision=precision, resume=resume, overwrite=overwrite, compile=compile,
-                          min_confidence=min_confidence, unknown_label=unknown_label)
+    with stop_codes("continue with the same command and --resume"):
+        summary = predict_dir(predictor, images, out, files=files, shard=shard, batch_size=batch_size,
+                              num_workers=num_workers, top_k=top_k, tta=tta, precision=precision, resume=resume,
+                              overwrite=overwrite, compile=compile, min_confidence=min_confidence,
+                              unknown_label=unknown_label)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

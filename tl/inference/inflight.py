@@ -6,7 +6,7 @@ ahead of the model). A run that finishes removes it; one that a crashing decoder
 the child gets an error row ("the decoder crashed on this file") and is not decoded again, the rest are
 predicted as usual. Nobody has to find the bad file by hand, and nothing written is lost.
 
-A run stopped on purpose (Ctrl-C, SIGTERM, a write that failed) crashed in no decoder: it removes the marker, so
+A run stopped on purpose (Ctrl-C, SIGTERM, SIGUSR1, a write that failed) crashed in no decoder: it removes the marker, so
 the next ``--resume`` does not decode the next files in child processes for nothing.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import signal
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -85,22 +83,3 @@ def decoder_crash_is_an_error(out: Path) -> Iterator[None]:
         gc.collect()
         raise TLError(f"a decoder crashed on one of the files being read ({died}); the rows written so far are in {out}",
                       "run the same command with --resume: the file that crashed gets an error row and the rest are predicted")
-
-
-@contextmanager
-def terminate_stops_cleanly() -> Iterator[None]:
-    """SIGTERM (``kill``, ``timeout``, a scheduler) stops the run as Ctrl-C does, by an exception in Python
-    (``SystemExit(143)``), so the rows are flushed and the in-flight marker removed. Only where a handler can be
-    set (the main thread) and where none is set already (a notebook's, or a program's around this one)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def stop(number: int, frame) -> None:
-        raise SystemExit(128 + number)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -6,6 +6,7 @@ import csv
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Iterable
 
 from tl.errors import TLError
 
@@ -56,9 +57,9 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     folder, a device, an existing file without --resume/--overwrite, a place that cannot be written. Its folder is
     created; an existing file is opened for appending only, so nothing in it changes."""
     if out.is_dir():
-        raise TLError(f"--out {out} is a folder", f"give a CSV file path, e.g. --out {out / 'predictions.csv'}")
+        raise TLError(f"--out {out} is a folder", f"give a file path, e.g. --out {out / 'predictions.csv'} (or .parquet)")
     if out.exists() and not out.is_file():
-        raise TLError(f"--out {out} is not a regular file", "give a CSV file path")
+        raise TLError(f"--out {out} is not a regular file", "give a file path (.csv, or .parquet)")
     if out.exists() and not (resume or overwrite):
         raise TLError(f"--out: {out} already exists", "pass --resume to continue it, or --overwrite to replace it")
     try:
@@ -127,15 +128,16 @@ class RowWriter:
                             "fix that (e.g. free some space), then run the same command with --resume") from exc
 
 
-def read_done(out: Path, header: list[str], paths: list[str] = ()) -> tuple[set[str], int, int]:
-    """(paths already in ``out``, failed rows among them, byte length of its complete rows).
+def read_done(out: Path, header: list[str], paths: Iterable[str] = (), done=None) -> tuple[Any, int, int]:
+    """(paths already in ``out``, failed rows among them, byte length of its complete rows). The paths are added to
+    ``done`` (anything with ``add``, e.g. a ``file_list.NameSet``, which holds 16 bytes a name), by default a set.
 
     Every row ends with a newline outside quotes. A killed run can leave half a row, at the end: the last line,
     without its newline (or, where a file name of ``paths`` holds a line break, a quoted name cut inside). That row
     is not counted, and the caller cuts it off. Any other damage is refused with the row it is in, and nothing is
     cut: the file may be the user's, edited by hand.
     """
-    done: set[str] = set()
+    done = set() if done is None else done
     failed = end = consumed = lines_read = lines_done = records = 0
     last_line_complete, problem = True, "it is cut off"
     with open(out, "rb") as handle:
@@ -172,7 +174,7 @@ def read_done(out: Path, header: list[str], paths: list[str] = ()) -> tuple[set[
     return done, failed, end
 
 
-def is_half_row(tail: str, paths: list[str] = ()) -> bool:
+def is_half_row(tail: str, paths: Iterable[str] = ()) -> bool:
     """Whether ``tail``, the text after a CSV's last complete row, is what a kill leaves: the start of one row.
     Its line breaks can only be inside its first cell, a quoted file name that begins one of ``paths``."""
     if "\n" not in tail:

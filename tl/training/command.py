@@ -5,10 +5,9 @@ Only typer and the config are imported here, so ``--help`` and flag errors answe
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -128,21 +127,7 @@ def command(
         return
     from tl.training.api import train_config
 
+    from tl.entry import stop_codes
+
     with stop_codes():
         train_config(cfg)
-
-
-@contextmanager
-def stop_codes(resume_hint: str = "continue with the same command and --resume auto") -> Iterator[None]:
-    """A command's ending for a run that stopped as asked (tl.errors.Stopped): the hint, and EXIT_REQUEUE, on which
-    SLURM's job script requeues; a second Ctrl-C, which stops at once: 130."""
-    from tl.errors import EXIT_REQUEUE, Stopped
-    from tl.progress import log
-
-    try:
-        yield
-    except Stopped as stopped:
-        log.warning(f"{stopped.where}; {resume_hint}")
-        raise SystemExit(EXIT_REQUEUE)
-    except KeyboardInterrupt:
-        raise SystemExit(130)

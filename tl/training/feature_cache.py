@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tl.config import TrainConfig
 from tl.models.heads import ClassifierHead, get_head
-from tl.training.state import StopRequest, ignore_stop_signals
+from tl.runtime import StopRequest, ignore_stop_signals
 
 log = logging.getLogger("tl")
 

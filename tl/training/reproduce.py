@@ -19,7 +19,7 @@ def command(
     """Re-run a training with the exact configuration it recorded; warns when the data have changed."""
     from tl.config import TrainConfig
     from tl.data.splits import MANIFEST, pin
-    from tl.training.command import stop_codes
+    from tl.entry import stop_codes
     from tl.training.run import run
 
     config_file = run_dir / "config.json"

@@ -31,6 +31,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, input_sizes
     from tl.models.heads import HeadSpec
     from tl.progress import log, setup_logging
+    from tl.runtime import StopRequest
     from tl.training import feature_cache, report, setup, state
     from tl.training.loop import LossGuard, TrainContext, evaluate, train_one_epoch
     from tl.training.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
@@ -171,7 +172,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         state.save_training_state(accelerator, out, snapshot, cfg.run.keep_states)
 
     best: dict[str, Any] = progress.best
-    step, start, stop = progress.step, time.perf_counter(), state.StopRequest().install()
+    step, start, stop = progress.step, time.perf_counter(), StopRequest().install()
     try:
         for epoch in range(progress.epoch, cfg.run.epochs):
             if phase_at(epoch) != phase:  # gradual: the backbone joins, with fresh optimizer state of its own

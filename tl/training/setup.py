@@ -19,7 +19,7 @@ from tl.data.datasets import DatasetBundle
 from tl.errors import TLError
 from tl.runtime import build_accelerator, num_workers
 from tl.training.optim import build_optimizer
-from tl.training.state import ignore_stop_signals
+from tl.runtime import ignore_stop_signals
 from tl.training.strategies import Phase, apply_phase, parameter_groups
 
 

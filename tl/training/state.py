@@ -1,4 +1,4 @@
-"""Resumable training state: where it lives, how it is written safely, and the signals that ask for it.
+"""Resumable training state: where it lives and how it is written safely (the signals that ask for it: tl.runtime).
 
 ``accelerator.save_state`` writes model, optimizer and every process's RNG states; ``TrainingProgress``
 (registered for checkpointing) adds where in the run we are. Each state is written to a hidden temporary
@@ -12,15 +12,13 @@ import json
 import logging
 import re
 import shutil
-import signal
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from tl.errors import Stopped, TLError
+from tl.errors import TLError
 from tl.models.files import PROGRESS_FILE
 
 log = logging.getLogger("tl")
@@ -208,72 +206,3 @@ def _same_folder(dataset: Any) -> Any:
     if isinstance(dataset, str) and dataset.startswith("hf:") and Path(dataset[3:]).is_dir():
         return f"hf:{Path(dataset[3:]).resolve()}"
     return dataset
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request
-    to save and stop after the current step. A second signal stops at once."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> "StopRequest":
-        if threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
-            log.info("training in a thread: Ctrl-C and SIGTERM cannot ask this run to save and stop")
-            return self
-        for name in self.SIGNALS:
-            number = getattr(signal, name, None)
-            if number is not None:
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous.clear()
-
-    def _handle(self, number: int, frame: Any) -> None:
-        name = signal.Signals(number).name
-        if self.signal_name is not None:
-            log.warning(f"{name} again: stopping now without saving")
-            if number == signal.SIGINT:
-                raise KeyboardInterrupt  # a notebook's kernel lives on; `tl train` exits 130
-            raise SystemExit(128 + number)
-        self.signal_name = name
-        log.warning(f"{name} received: saving state after this step, then exiting (send it again to stop at once)")
-
-    def stopped(self, state_dir: Path | None) -> Stopped:
-        """The exception that ends the run once it stopped as asked (its state saved in ``state_dir``)."""
-        return Stopped(self.signal_name or "stop", str(state_dir) if state_dir else None)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def agreed(self, accelerator, alarm: torch.Tensor | None = None) -> bool:
-        """Whether any process was asked to stop, or (several processes) raised ``alarm``, a device flag such as
-        ``LossGuard.alarm()``: one collective for both, so every rank stops at the same step."""
-        if accelerator.num_processes == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
-        if alarm is not None:
-            flag = flag + alarm.to(flag)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """A training loader's ``worker_init_fn``: its workers leave Ctrl-C and SIGUSR1 to the main process.
-
-    A terminal's Ctrl-C (and a notebook's interrupt) reaches every process of the group. Workers forked after
-    ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a second made
-    the workers exit, so the main process died of "DataLoader worker exited unexpectedly" without saving. SIGTERM is
-    left to torch's own worker handler: multiprocessing ends daemonic workers with it when the program exits (ignored,
-    the program hung there).
-    """
-    for name in ("SIGINT", "SIGUSR1"):
-        number = getattr(signal, name, None)
-        if number is not None:
-            signal.signal(number, signal.SIG_IGN)
