@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block", type=int, default=500, help="files actually predicted per run")
     parser.add_argument("--root", type=Path, default=Path("/tmp/tl-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the trees under --root")
+    parser.add_argument("--json", type=Path, default=Path("runs/bench/scale.json"), help="where the results go")
 
 
 def build_tree(root: Path, sources: list[Path], files: int, folders: int) -> Path:
@@ -79,7 +80,7 @@ def measured(command: list[str], **kwargs) -> tuple[float, float, subprocess.Com
     return seconds, int(line.split("=")[1]) / 1024, result
 
 
-SCAN_NEW = "import sys,time;from pathlib import Path;from tl.inference.file_list import scan_folder;t=time.perf_counter();f=scan_folder(Path(sys.argv[1]));print(len(f),time.perf_counter()-t)"
+SCAN_NEW = "import sys,time;from pathlib import Path;import tl.data.datasets;from tl.inference.file_list import scan_folder;t=time.perf_counter();f=scan_folder(Path(sys.argv[1]));print(len(f),time.perf_counter()-t)"
 SCAN_OLD = ("import sys,time;from pathlib import Path;from tl.data.datasets import scan_images;t=time.perf_counter();root=Path(sys.argv[1]);"
             "files=list(scan_images(root));rel=[p.relative_to(root).as_posix() for p in files];print(len(rel),time.perf_counter()-t)")
 
