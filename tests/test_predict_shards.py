@@ -158,7 +158,7 @@ def test_files_lists_relative_absolute_and_missing_paths(run, images, tmp_path):
     folder = read_rows(tmp_path / "folder.csv") if _predict(images, run, tmp_path / "folder.csv").exit_code == 1 else []
     by_path = {r["path"]: r for r in folder}
     assert rows[1]["p_red"] == by_path["d0/img_00.png"]["p_red"]  # the same image, the same prediction
-    with open(lists / "manifest.csv", "w", newline="") as handle:  # a cluster manifest: a path column among others
+    with open(lists / "manifest.csv", "w", newline="", encoding="utf-8-sig") as handle:  # a path column among others, and a BOM
         writer = csv.writer(handle)
         writer.writerow(["id", "path"])
         writer.writerows([[n, entry] for n, entry in enumerate(entries)])

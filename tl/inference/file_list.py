@@ -158,7 +158,7 @@ def read_file_list(listing: Path) -> FileList:
 
     packer, hashes = _Packer(), NameSet()
     try:
-        with open(listing, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        with open(listing, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:  # -sig: a spreadsheet's BOM
             for name in _listed(handle, listing):
                 if name.strip():
                     packer.add(name)
