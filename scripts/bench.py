@@ -11,6 +11,8 @@
     .venv/bin/python scripts/bench.py train --strategy linear --epochs 3 ...   # the feature cache
     .venv/bin/python scripts/bench.py all                           # each of them with its defaults
 
+    .venv/bin/python scripts/bench.py scale --checkpoint RUN/best   # predict-dir over 1,000,000 files (hard links)
+
 ``train`` times ``tl train``'s code path (``tl.train.run``: its default fast paths, timed by its own
 ``train_seconds``) against the tutorials' loop (``ImageFolder`` + PIL transforms + ``DataLoader`` + a plain
 fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size, epochs
@@ -38,9 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # tl from this checkout (installed or not), and scripts/benchmarks
 
-from benchmarks import gpu, loader, predict, train
+from benchmarks import gpu, loader, predict, scale, train
 
-BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu}
+BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu, "scale": scale}
 
 
 def bench_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

@@ -113,8 +113,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request
-    to save and stop after the current step. A second signal stops at once."""
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request to
+    stop cleanly after the current step (training saves its state, predict-dir writes its batch). A second signal
+    stops at once."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
@@ -169,7 +170,7 @@ class StopRequest:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A loader's ``worker_init_fn`` (training's, predict-dir's): its workers leave Ctrl-C and SIGUSR1 to the main process.
+    """A loader's ``worker_init_fn`` (training's, predict-dir's): workers leave Ctrl-C and SIGUSR1 to the main one.
 
     A terminal's Ctrl-C (and a notebook's interrupt) reaches every process of the group. Workers forked after
     ``StopRequest.install`` ran its handler too: one Ctrl-C printed its warning once per process, and a second made

@@ -41,7 +41,7 @@ class NameSet:
     def array(self) -> "np.ndarray":
         import numpy as np
 
-        return np.frombuffer(bytes(self._hashes), dtype="S16")
+        return np.frombuffer(self._hashes, dtype="S16")  # no copy (and no more ``add`` while it lives)
 
 
 class NameDigest:
@@ -91,8 +91,10 @@ class FileList:
         indices = np.arange(start, stop, dtype=np.int64)
         if not len(done) or not len(indices):
             return indices
-        hashes = np.frombuffer(b"".join(name_hash(self.name(i)) for i in range(start, stop)), dtype="S16")
-        return indices[~np.isin(hashes, done)]
+        hashes = bytearray()
+        for index in range(start, stop):
+            hashes += name_hash(self.name(index))
+        return indices[~np.isin(np.frombuffer(hashes, dtype="S16"), done)]
 
 
 class _Packer:
@@ -156,7 +158,7 @@ def read_file_list(listing: Path) -> FileList:
 
     packer, hashes = _Packer(), NameSet()
     try:
-        with open(listing, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        with open(listing, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:  # -sig: a spreadsheet's BOM
             for name in _listed(handle, listing):
                 if name.strip():
                     packer.add(name)

@@ -141,48 +141,51 @@ def predict_dir(predictor: Predictor, images: Path | None, out: Path, *, files: 
     wanted = parse_shard(shard)
     accelerator = build_accelerator()
     setup_logging(accelerator.is_main_process)
-    names = predictor.class_names
-    if top_k is None:
-        top_k = AUTO_TOP_K if len(names) > MAX_PROB_COLUMNS else 0
-        if top_k:
-            log.info(f"{len(names)} classes: writing the top {top_k} per image (--top-k 0 writes every class)")
-    top_k = min(top_k, len(names))
-    check_unknown_label(min_confidence, unknown_label, names)
-    check_output(out, resume=resume, overwrite=overwrite)
-    header = csv_header(names, top_k)
-    listing = load_files(images, files)
-    first, stop_at = wanted.block(len(listing)) if wanted else (0, len(listing))
-    record = new_record(wanted, listing) if wanted else None
-    parquet = is_parquet(out)
-    rows_file = journal_of(out) if parquet else out  # where the rows stream (a Parquet is written at the end)
-    finished_parquet = parquet and resume and out.exists() and not rows_file.exists()
-    if resume:
-        check_resumed_shard(out, rows_file.exists() or out.exists(), wanted, record)
-
-    done, failed_before, end = NameSet(), 0, 0
-    if resume and rows_file.exists():
-        _, failed_before, end = read_done(rows_file, header, listing, done)
-    elif finished_parquet:
-        failed_before = read_parquet_done(out, header, done)
-    accelerator.wait_for_everyone()  # every process has read the file before the main one cuts it
-    pending = listing.pending(first, stop_at, done.array())
-    del done
-    summary = Summary(total=stop_at - first, resumed=stop_at - first - len(pending), failed=failed_before,
-                      shard=str(wanted or ""))
-    main = accelerator.is_main_process
-    writes = main and not (finished_parquet and not len(pending))  # else a finished Parquet has every row already
-    if main:
-        _start_records(out, record, overwrite=not resume)
-        if finished_parquet and len(pending):  # files were added: its rows back into the CSV they came from
-            parquet_to_journal(out, rows_file, header)
-            end = rows_file.stat().st_size
-    marker = InFlight(out)
-    crashed = _crashed(marker, listing, pending, predictor, accelerator) if resume else {}
-    known_errors = {**_positions(listing.errors, pending), **crashed}
-
+    # From here a signal (SIGTERM/SIGUSR1/Ctrl-C) asks for a clean stop: during a long scan or resume it ends the
+    # run right after them, during the predictions after the batch in flight.
     stop = StopRequest(doing="writing the batch in flight", where="predict-dir").install()
-    writer = RowWriter(rows_file, end, header) if writes else None
+    writer = marker = None
     try:
+        names = predictor.class_names
+        if top_k is None:
+            top_k = AUTO_TOP_K if len(names) > MAX_PROB_COLUMNS else 0
+            if top_k:
+                log.info(f"{len(names)} classes: writing the top {top_k} per image (--top-k 0 writes every class)")
+        top_k = min(top_k, len(names))
+        check_unknown_label(min_confidence, unknown_label, names)
+        check_output(out, resume=resume, overwrite=overwrite)
+        header = csv_header(names, top_k)
+        listing = load_files(images, files)
+        first, stop_at = wanted.block(len(listing)) if wanted else (0, len(listing))
+        record = new_record(wanted, listing) if wanted else None
+        parquet = is_parquet(out)
+        rows_file = journal_of(out) if parquet else out  # where the rows stream (a Parquet is written at the end)
+        finished_parquet = parquet and resume and out.exists() and not rows_file.exists()
+        if resume:
+            check_resumed_shard(out, rows_file.exists() or out.exists(), wanted, record)
+
+        done, failed_before, end = NameSet(), 0, 0
+        if resume and rows_file.exists():
+            _, failed_before, end = read_done(rows_file, header, listing, done)
+        elif finished_parquet:
+            failed_before = read_parquet_done(out, header, done)
+        accelerator.wait_for_everyone()  # every process has read the file before the main one cuts it
+        pending = listing.pending(first, stop_at, done.array())
+        del done
+        summary = Summary(total=stop_at - first, resumed=stop_at - first - len(pending), failed=failed_before,
+                          shard=str(wanted or ""))
+        main = accelerator.is_main_process
+        writes = main and not (finished_parquet and not len(pending))  # else a finished Parquet has every row already
+        if main:
+            _start_records(out, record, overwrite=not resume)
+            if finished_parquet and len(pending):  # files were added: its rows back into the CSV they came from
+                parquet_to_journal(out, rows_file, header)
+                end = rows_file.stat().st_size
+        marker = InFlight(out)
+        crashed = _crashed(marker, listing, pending, predictor, accelerator) if resume else {}
+        known_errors = {**_positions(listing.errors, pending), **crashed}
+
+        writer = RowWriter(rows_file, end, header) if writes else None
         if stop.agreed(accelerator):
             raise _stopped(stop, rows_file)
         if len(pending):

@@ -118,7 +118,6 @@ def write_parquet(tables: Iterable["pa.Table"], out: Path, schema: "pa.Schema") 
                 total += rows
         os.replace(partial, out)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise TLError(f"cannot write {out} ({exc.strerror or exc})", "fix that (e.g. free some space), then run the same command with --resume") from exc
     finally:
         partial.unlink(missing_ok=True)

@@ -114,9 +114,9 @@ def new_record(shard: Shard, files) -> ShardRecord:
 def check_resumed_shard(out: Path, started: bool, shard: Shard | None, record: ShardRecord | None) -> None:
     """Refuse to continue ``out`` (``started``: it has rows) as another shard than the one it was started as, or as
     the same one over a block of files that is not the same any more (``record`` is this run's, for the files now)."""
-    previous = read_record(out)
     if not started:
         return
+    previous = read_record(out)
     if previous is None and shard is not None:
         raise TLError(f"--resume: {out} was not started with --shard", "resume it without --shard, or choose a new --out")
     if previous is None:
