@@ -222,6 +222,31 @@ def test_sigusr1_finishes_the_batch_exits_75_and_resume_completes_it(run, tmp_pa
     assert out.read_bytes() == whole.read_bytes()  # every file once, in order, with the same probabilities
 
 
+def test_sigterm_to_the_whole_group_with_workers_is_a_stop_not_a_decoder_crash(run, tmp_path):
+    """SLURM signals every process of a step, the loader workers too: a worker that dies of the SIGTERM that asked
+    for the stop must not be reported as a decoder crash (exit 2, an in-flight marker left) but as the stop (75)."""
+    images = tmp_path / "images"
+    for i in range(400):  # workers still decoding when the signal comes (without the fix: exit 2 in 2 runs of 3)
+        write_image(images / f"d{i % 5}" / f"img_{i:04d}.png", (200, 40 * (i % 5), 30), size=16, seed=i)
+    out = tmp_path / "p.csv"
+    args = [str(images), "--checkpoint", str(run / "best"), "--num-workers", "2", "--batch-size", "4", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "tl.predict_dir", *args], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _rows_in(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 75, stderr[-2000:]
+    assert "decoder crashed" not in stderr and not out.with_name("p.csv.inflight").exists()
+    resumed = _program(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _rows_in(out) == 400
+
+
 def test_a_killed_parquet_run_keeps_its_rows_and_resumes(run, tmp_path):
     images = _slow_folder(tmp_path / "images")
     out, whole = tmp_path / "p.parquet", tmp_path / "whole.parquet"

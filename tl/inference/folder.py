@@ -284,7 +284,7 @@ def _predict_pending(predictor: Predictor, accelerator, listing: FileList, pendi
     progress = EpochProgress(description="predict", total=len(loader), enabled=accelerator.is_main_process,
                              every=max(1, len(loader) // 10))
     try:
-        with torch.inference_mode(), decoder_crash_is_an_error(out):
+        with torch.inference_mode(), decoder_crash_is_an_error(out, lambda: _stopped(stop, out) if stop.signal_name else None):
             for step, (batch, indices, errors) in enumerate(loader, start=1):
                 batch = batch.to(device, non_blocking=True)
                 probs = torch.cat([probabilities(predictor, normalize(part, channels_last=True), tta=tta, dtype=dtype)

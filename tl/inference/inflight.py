@@ -17,7 +17,7 @@ import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tl.errors import TLError
 
@@ -68,8 +68,10 @@ class InFlight:
 
 
 @contextmanager
-def decoder_crash_is_an_error(out: Path) -> Iterator[None]:
-    """A loader worker killed by its decoder becomes one line that says how to carry on (the in-flight marker stays)."""
+def decoder_crash_is_an_error(out: Path, stopping: Callable[[], BaseException | None] = lambda: None) -> Iterator[None]:
+    """A loader worker killed by its decoder becomes one line that says how to carry on (the in-flight marker stays).
+    A worker that died after a stop was asked for (SLURM signals every process of a job step, the workers too) is
+    that stop: ``stopping()`` gives the exception that says so, None when no stop was asked for."""
     died = ""
     try:
         yield
@@ -77,6 +79,9 @@ def decoder_crash_is_an_error(out: Path) -> Iterator[None]:
         if not _WORKER_DIED.search(str(exc)):
             raise
         died = str(exc).splitlines()[0].strip()
+    if died and (stopped := stopping()) is not None:
+        gc.collect()
+        raise stopped
     if died:
         # Raised outside the except block, with the loader's frames collected: a live loader iterator keeps
         # torch's SIGCHLD handler raising the same error again wherever the program happens to be.
