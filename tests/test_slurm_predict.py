@@ -44,6 +44,8 @@ def _log(folder: Path) -> str:
 def test_array_job_with_a_requeued_task_predicts_every_file_once(slurm, tmp_path):
     run = train_tiny_run(tmp_path)
     images = _images(tmp_path / "images", 600)
+    (images / "d7").mkdir()
+    (images / "d7" / "zz_damaged.png").write_bytes(b"not a picture")  # sorts last: shard 3 exits 1, with its file complete
     # One process over the whole folder, as the tasks run (one thread each: the last digit of a probability can
     # depend on how many threads a sum was split over).
     reference = tmp_path / "reference.csv"
@@ -68,14 +70,72 @@ def test_array_job_with_a_requeued_task_predicts_every_file_once(slurm, tmp_path
     slurm.run("scontrol", "requeue", f"{array}_1")
     requeued_rows = len(shard.read_text().splitlines())
 
-    for task in range(SHARDS):
-        assert slurm.wait(f"{array}_{task}", timeout=400) == "COMPLETED", _log(logs)[-4000:]
-    assert slurm.wait(merge, timeout=120) == "COMPLETED", _log(logs)[-4000:]
+    states = [slurm.wait(f"{array}_{task}", timeout=400) for task in range(SHARDS)]
+    assert states == ["COMPLETED"] * (SHARDS - 1) + ["FAILED"], _log(logs)[-4000:]  # exit 1: one file unreadable
+    assert slurm.wait(merge, timeout=120) == "COMPLETED", _log(logs)[-4000:]  # afterany: the merge runs all the same
     log = _log(logs)
     assert "restart 1" in log, log[-3000:]  # task 1 ran twice
 
-    assert requeued_rows - 1 < 600 // SHARDS, "task 1 was requeued only after it had finished"
+    assert requeued_rows - 1 < 601 // SHARDS, "task 1 was requeued only after it had finished"
     rows = read_rows(out)
     paths = [row["path"] for row in rows]
-    assert len(paths) == 600 and len(set(paths)) == 600, "every file once"
+    assert len(paths) == 601 and len(set(paths)) == 601, "every file once"
+    assert [row["path"] for row in rows if row["error"]] == ["d7/zz_damaged.png"]
     assert out.read_bytes() == reference.read_bytes(), "the merged shards differ from one process's file"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The script and the submit command without SLURM: a stub srun prints what the task would run
+# ------------------------------------------------------------------------------------------------------------------
+def _task_command(tmp_path: Path, args: list[str], task: int, count: int, restart: int = 0) -> list[str]:
+    import shlex
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    stub = tmp_path / "bin"
+    stub.mkdir(exist_ok=True)
+    (stub / "srun").write_text('#!/bin/bash\nprintf "%q " "$@" > "$TL_TEST_ARGS"\n')
+    (stub / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "TL_TEST_ARGS": str(tmp_path / "args"), "SLURM_JOB_ID": "7",
+           "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": str(count),
+           "SLURM_RESTART_COUNT": str(restart), "SLURM_SUBMIT_DIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "slurm" / "predict_dir.sbatch"), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    words = shlex.split((tmp_path / "args").read_text())
+    return words[words.index("tl.predict_dir") + 1:]
+
+
+@pytest.mark.parametrize("out", ["preds.csv", "runs.v2/preds.parquet", "preds", "/abs/dir.x/p.csv"])
+def test_each_array_task_writes_the_shard_file_the_merge_job_reads(tmp_path, out):
+    from tl.cluster.slurm import shard_files
+
+    for task in range(3):
+        words = _task_command(tmp_path, ["imgs", "--checkpoint", "c", "--out", out], task, 3)
+        written = Path(words[words.index("--out") + 1])
+        expected = shard_files(Path(out), 3)[task]
+        assert written == (expected if expected.is_absolute() else Path(".") / expected), (written, expected)
+        assert words[-2:] == ["--shard", "auto"] and "--resume" not in words  # a first start refuses an old file
+
+
+def test_a_requeued_task_resumes_and_drops_overwrite(tmp_path):
+    first = _task_command(tmp_path, ["imgs", "--out", "p.csv", "--overwrite"], 1, 4)
+    again = _task_command(tmp_path, ["imgs", "--out", "p.csv", "--overwrite"], 1, 4, restart=1)
+    assert "--overwrite" in first and "--resume" not in first
+    assert "--overwrite" not in again and "--resume" in again
+
+
+def test_submit_checks_prediction_arguments_before_the_queue(tmp_path):
+    from tests.conftest import cli
+    from tl.errors import TLError
+
+    def refusal(*args) -> str:
+        result = cli("slurm", "submit", "--dry-run", "--script", "predict", *args)
+        assert isinstance(result.exception, TLError), result.output  # the CLI prints it in one line, exit 2
+        return result.exception.message
+
+    assert "--bogus-flag" in refusal("--shards", "3", "imgs", "--checkpoint", "c", "--out", tmp_path / "p.csv", "--bogus-flag")
+    (tmp_path / "p.csv").write_text("old")
+    assert "exists" in refusal("--shards", "3", "imgs", "--checkpoint", "c", "--out", tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text() == "old"
+    assert "space" in refusal("imgs", "--checkpoint", "c", "--out", tmp_path / "a b" / "p.csv")

@@ -68,14 +68,25 @@ def check_train_args(args: list[str]) -> None:
     """Parse them as `tl train` would, here and now, rather than after hours in the queue."""
     from tl.training import command as train_cli
 
+    _check_args(train_cli.command, "tl train", "training", args)
+
+
+def check_predict_args(args: list[str]) -> None:
+    """The same for `tl predict-dir`: a bad flag must not fail N array tasks one after the other."""
+    from tl.inference import commands as predict_cli
+
+    _check_args(predict_cli.predict_dir_command, "tl predict-dir", "prediction", args)
+
+
+def _check_args(command, name: str, what: str, args: list[str]) -> None:
     single = typer.Typer(add_completion=False)
-    single.command()(train_cli.command)
+    single.command()(command)
     try:
-        typer.main.get_command(single).make_context("tl train", list(args))
+        typer.main.get_command(single).make_context(name, list(args))
     except Exception as error:  # typer bundles its own click: match its usage errors by their interface
         if not hasattr(error, "format_message"):
             raise
-        raise TLError(f"training arguments: {error.format_message()}", "see `tl train --help`") from None
+        raise TLError(f"{what} arguments: {error.format_message()}", f"see `{name} --help`") from None
 
 
 def _sweep(sweep: Optional[str], args: list[str]) -> tuple[Optional[str], int]:
@@ -124,6 +135,8 @@ def submit(
         check_train_args(args)
     elif sweep or nodes > 1:
         raise TLError("--sweep and --nodes apply to training", "predict-dir runs on one node per task: spread it with --shards N")
+    else:
+        check_predict_args(args)
     if training and shards > 1:
         raise TLError("--shards applies to --script predict", "spread a training run with --nodes and --gpus-per-node")
     sweep_spec, tasks = _sweep(sweep, args) if training else (None, 0)
@@ -137,6 +150,13 @@ def submit(
 
     out = Path(_option(args, "--out") or (RunConfig.out if training else "preds.csv"))
     logs = (out if training else out.resolve().parent) / "slurm"
+    if any(c.isspace() for c in str(logs.resolve())):  # sbatch splits #SBATCH lines at white space
+        raise TLError(f"the job log folder {logs.resolve()} has a space in its path, which an #SBATCH --output line cannot hold",
+                      "give --out a path without spaces")
+    overwrite = "--overwrite" in args
+    if shards > 1 and out.exists() and not overwrite and "--resume" not in args:
+        raise TLError(f"--out {out} exists: the merge job would refuse to replace it at the end",
+                      "add --overwrite to replace it, or choose another --out")
     tasks = tasks or (shards if shards > 1 else 0)
     log_name = "%x-%A_%a.out" if tasks else "%x-%j.out"
     directives: dict[str, Optional[str]] = {
@@ -177,8 +197,9 @@ def submit(
     job = result.stdout.strip().split(";")[0]
     print(f"submitted job {job}: script {path}, log {logs.resolve() / log_name}" + (f", run in {out}" if training else f", predictions {out}"))
     if shards > 1:
-        merge = submit_merge(sbatch, job, out, shards, logs, partition=partition, account=account)
-        print(f"submitted job {merge}: merges the {shards} shards into {out} once every task of job {job} has ended well")
+        merge = submit_merge(sbatch, job, out, shards, logs, partition=partition, account=account,
+                             overwrite=overwrite or "--resume" in args)
+        print(f"submitted job {merge}: merges the {shards} shards into {out} once every task of job {job} has ended")
 
 
 def shard_files(out: Path, shards: int) -> list[Path]:
@@ -186,11 +207,14 @@ def shard_files(out: Path, shards: int) -> list[Path]:
     return [out.with_name(f"{out.stem}.shard-{k}-of-{shards}{out.suffix}") for k in range(shards)]
 
 
-def submit_merge(sbatch: str, job: str, out: Path, shards: int, logs: Path, *, partition: Optional[str], account: Optional[str]) -> str:
-    """A one-CPU job that runs `tl merge-predictions` when every task of the array ``job`` has ended with exit 0."""
+def submit_merge(sbatch: str, job: str, out: Path, shards: int, logs: Path, *, partition: Optional[str], account: Optional[str],
+                 overwrite: bool) -> str:
+    """A one-CPU job that runs `tl merge-predictions` once every task of the array ``job`` has ended. afterany, not
+    afterok: a task with unreadable files exits 1 with its file complete; the merge itself refuses unfinished shards."""
     command = shlex.join([str(Path(sys.executable)), "-m", "tl.cli", "merge-predictions",
-                          *map(str, shard_files(out.resolve(), shards)), "--out", str(out.resolve())])
-    flags = [f"--dependency=afterok:{job}", "--job-name=tl-merge", "--ntasks=1", "--cpus-per-task=1", "--time=01:00:00",
+                          *map(str, shard_files(out.resolve(), shards)), "--out", str(out.resolve()),
+                          *(["--overwrite"] if overwrite else [])])
+    flags = [f"--dependency=afterany:{job}", "--job-name=tl-merge", "--ntasks=1", "--cpus-per-task=1", "--time=01:00:00",
              f"--output={logs.resolve() / '%x-%j.out'}", *([f"--partition={partition}"] if partition else []),
              *([f"--account={account}"] if account else [])]
     result = subprocess.run([sbatch, "--parsable", *flags, "--wrap", command], capture_output=True, text=True)
