@@ -135,6 +135,8 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
     accelerator = build_accelerator()
     setup_logging(accelerator.is_main_process)
     names = predictor.class_names
+    if predictor.thresholds is not None:  # multi-label: one probability column per class, always
+        top_k = 0
     if top_k is None:
         top_k = AUTO_TOP_K if len(names) > MAX_PROB_COLUMNS else 0
         if top_k:
@@ -142,7 +144,7 @@ def predict_dir(predictor: Predictor, images: Path, out: Path, *, batch_size: in
     top_k = min(top_k, len(names))
     check_unknown_label(min_confidence, unknown_label, names)
     check_out(out, resume=resume, overwrite=overwrite)
-    header = csv_header(names, top_k)
+    header = csv_header(names, top_k, predictor.thresholds)
     files, broken = find_images(images)
     relative = [p.relative_to(images).as_posix() for p in files]
 
@@ -232,7 +234,7 @@ def _predict_pending(predictor: Predictor, accelerator, files: list[Path], relat
                 summary.failed += sum(int(i) in error_of for i in indices)
                 if writer is not None:  # flushed: a killed run loses only the batch in flight
                     writer.write([csv_row(relative[index], row, names, top_k, error_of.get(index, ""),
-                                          min_confidence=min_confidence, unknown_label=unknown_label)
+                                          min_confidence=min_confidence, unknown_label=unknown_label, thresholds=predictor.thresholds)
                                   for index, row in zip(indices.tolist(), probs.cpu().tolist())])
                 if progress.wants_stats(step):
                     progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")
