@@ -131,7 +131,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                       "use --balance loss (a per-class weight on the positives) for multi-label data")
     class_weight = (multilabel.positive_weights if multi else setup.class_weights)(data.train.targets, len(data.class_names))  # --balance
     if o.balance != "none":
-        log.info(f"--balance {o.balance}: class weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
+        log.info(f"--balance {o.balance}: {'positive' if multi else 'class'} weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
     ctx = TrainContext(
         accelerator=accelerator, optimizer=optimizer,
         loss_fn=multilabel.MultiLabelLoss(torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None)
