@@ -162,3 +162,39 @@ def test_predict_dir_predict_api_and_eval_agree(reference, patches, tmp_path):
     assert report["map"] == pytest.approx(best["val_map"], abs=1e-6) and report["count"] == best["val_count"]
     assert [row["threshold"] for row in report["per_class"]] == pytest.approx(thresholds)
     assert "confusion" in report["note"] and "confusion_matrix" not in report
+
+
+def test_check_data_lists_every_bad_row_and_the_unlabelled_images(patches, tmp_path):
+    rows = patches.read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(rows[:20] + [rows[3].replace("img/", "img/../img/").split(",")[0] + ",red", rows[5], "img/nope.png,red"]) + "\n")
+    result = cli("check-data", "--labels", bad, "--data-dir", patches.parent)
+    assert result.exit_code == 1, result.output
+    assert "missing" in result.stdout and "nope.png does not exist" in result.stdout
+    assert "duplicate" in result.stdout and "line 23" in result.stdout  # rows[5] again
+    clean = cli("check-data", "--labels", patches, "--quick")
+    assert clean.exit_code == 0, clean.output
+    assert "multi-label: 128 rows, 3 classes" in clean.stdout and "no problems" in clean.stdout
+    subset = tmp_path / "subset.csv"
+    subset.write_text("\n".join(rows[:60]) + "\n")  # the other 69 images of the folder have no row
+    partial = cli("check-data", "--labels", subset, "--data-dir", patches.parent, "--quick")
+    assert partial.exit_code == 1 and "69 image(s)" in partial.stdout
+
+
+def test_prepare_writes_a_sequence_of_class_labels_that_trains_multilabel(patches, tmp_path):
+    import datasets
+
+    prepared = cli("prepare", "--labels", patches, "--out", tmp_path / "prep", "--short-side", "32")
+    assert prepared.exit_code == 0, prepared.output
+    train = datasets.load_from_disk(str(tmp_path / "prep"))["train"]
+    assert train.features["label"].feature.names == ["blue", "green", "red"]
+    result = cli("train", "--arch", "resnet18", "--weights", "none", "--image-size", "32", "--num-workers", "0",
+                 "--dataset", f"hf:{tmp_path / 'prep'}", "--epochs", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "task: multilabel" in result.output and "val_map" in read_metrics(tmp_path / "run")[0]
+    shown = cli("show-batch", "--labels", patches, "--arch", "resnet18", "--image-size", "32", "--n", "4", "--out", tmp_path / "b.png")
+    assert shown.exit_code == 0 and (tmp_path / "b.png").is_file()
+    single = cli("train", "--arch", "resnet18", "--labels", patches, "--task", "single", "--epochs", "1", "--out", tmp_path / "s")
+    from tl.errors import TLError
+
+    assert isinstance(single.exception, TLError) and "--task single" in str(single.exception)

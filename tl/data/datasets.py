@@ -353,11 +353,17 @@ def _huggingface(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     if val_name:
         train, val = make(train_split, train_tf), make(splits[val_name], eval_tf)
     else:
-        kept, held = stratified_split([int(v) for v in train_split[label_col]], cfg.fraction("val"), seed)
+        if hf.is_multilabel(train_split, label_col):  # tuples of class indices: iterative stratification
+            from tl.data.multilabel_split import iterative_split
+
+            held_out = iterative_split(make(train_split, None).targets, {"train": 1 - cfg.fraction("val"), "val": cfg.fraction("val")}, seed)
+            kept, held = held_out["train"], held_out["val"]
+        else:
+            kept, held = stratified_split([int(v) for v in train_split[label_col]], cfg.fraction("val"), seed)
         train, val = make(train_split, train_tf, kept), make(train_split, eval_tf, held)
     test = make(splits["test"], eval_tf) if "test" in splits else None
     fingerprint = f"hf:{name}:" + ":".join(f"{k}={getattr(v, '_fingerprint', len(v))}" for k, v in sorted(splits.items()))
-    return DatasetBundle(train, val, test, classes, fingerprint)
+    return DatasetBundle(train, val, test, classes, fingerprint, multilabel=hf.is_multilabel(train_split, label_col))
 
 
 def _labels(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
