@@ -135,3 +135,17 @@ def test_single_label_csv_trains_the_same_model_as_class_folders(tmp_path):
     a, b = checkpoint_state(tmp_path / "folders" / "last"), checkpoint_state(tmp_path / "csv" / "last")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_metrics(tmp_path / "folders")[0]["val_loss"] == read_metrics(tmp_path / "csv")[0]["val_loss"]
+
+
+def test_tl_split_pins_a_label_files_split_for_train(tmp_path):
+    root = _flat(tmp_path)
+    table_file = _csv(tmp_path / "labels.csv", [["path", "label"]] + _rows_of(root))
+    result = cli("split", root, "--labels", table_file, "--out", tmp_path / "run", "--fractions", "0.5,0.25,0.25", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert record["pinned_by"] == "tl split" and len(record["splits"]["test"]) == 6
+    cfg = DataConfig(dataset="labels", labels=str(table_file), data_dir=str(root))  # other fractions and seed: the pinned split wins
+    _, _, samples = labelled.parts(cfg, seed=0, manifest=tmp_path / "run" / "split.json")
+    assert sorted(p.relative_to(root).as_posix() for p, _ in samples["test"]) == sorted(record["splits"]["test"])
+    again = cli("split", root, "--labels", table_file, "--out", tmp_path / "run")
+    assert again.exit_code != 0 and "exists" in str(again.exception)

@@ -134,3 +134,27 @@ def build(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, man
     made = {name: kind(samples[name], classes, train_tf if name == "train" else eval_tf) if samples[name] else None for name in SPLITS}
     root = Path(cfg.data_dir) if cfg.data_dir else table.source.parent
     return made["train"], made["val"], made["test"], classes, fingerprint(samples, root), multilabel
+
+
+def pin_split(labels: Path, data_dir: Path, out: Path, *, val: float, test: float, seed: int, overwrite: bool) -> dict[str, dict[str, int]]:
+    """``tl split FOLDER --labels FILE.csv --out OUT``: the split ``tl train --labels FILE.csv --out OUT`` will use,
+    written to OUT/split.json and pinned; {split: {class: images}}."""
+    from tl.data.splits import MANIFEST, pin
+
+    manifest = out / MANIFEST
+    if manifest.exists() and not overwrite:
+        raise TLError(f"--out: {manifest} exists", "pass --overwrite to replace it, or choose another --out")
+    cfg = DataConfig(dataset="labels", labels=str(labels), data_dir=str(data_dir), val_fraction=val, test_fraction=test)
+    table, _ = read_table(cfg, check_files=False)
+    if table.has_split:
+        raise TLError(f"--labels: {labels} has a split column already", "tl train --labels uses it as it is; drop the column to have tl split it")
+    manifest.unlink(missing_ok=True)
+    _, classes, samples = parts(cfg, seed, manifest)
+    pin(manifest, "tl split")
+    counts: dict[str, dict[str, int]] = {}
+    for name in SPLITS:
+        for _, label in samples[name]:
+            for c in label if isinstance(label, tuple) else (label,):
+                counts.setdefault(name, {}).setdefault(classes[c], 0)
+                counts[name][classes[c]] += 1
+    return counts

@@ -265,6 +265,9 @@ def show_predictions_command(
         raise TLError("--n: must be at least 1", "e.g. --n 16")
     check_checkpoint_path(checkpoint)
     predictor = load_predictor(checkpoint)
+    if predictor.thresholds is not None:  # titled "pred X | true Y": one class each
+        raise TLError("tl show-predictions titles one predicted and one true class: this is a multi-label checkpoint",
+                      "tl predict-dir writes each image's labels; tl show-batch --labels shows every given label")
     if dataset is None:
         data, _ = load_split(checkpoint, split, data_dir=data_dir)
         source = f"the run's {split.value} split"
