@@ -75,6 +75,18 @@ def test_average_precision_and_thresholds_by_hand():
     assert 0 < f1["f1_micro"] <= 1 and f1["exact_match"] == pytest.approx(5 / 8)
 
 
+def test_balance_loss_weighs_each_classes_positives():
+    from tl.training.multilabel import MultiLabelLoss, positive_weights
+
+    weights = positive_weights([(0,), (0, 1), (0,), (0,), ()], 3)  # class 0 in 4 of 5 images, class 1 in 1, class 2 in none
+    assert weights == pytest.approx([(1 / 4) ** 0.5, (4 / 1) ** 0.5, 1.0])
+    logits, targets = torch.zeros(2, 3), torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    plain = MultiLabelLoss()(logits, targets)
+    weighted = MultiLabelLoss(torch.tensor(weights))(logits, targets)
+    assert plain.shape == (2,) and torch.allclose(plain, torch.full((2,), 0.6931), atol=1e-4)
+    assert weighted[0] == pytest.approx(0.6931 * (weights[0] + weights[1] + 1) / 3, abs=1e-4) and weighted[1] == pytest.approx(plain[1])
+
+
 def test_mixing_keeps_label_vectors_convex():
     from tl.training.multilabel import batch_mix
 

@@ -45,14 +45,16 @@ def positive_weights(targets: list[tuple[int, ...]], num_classes: int, power: fl
 
 
 class MultiLabelLoss(nn.Module):
-    """Binary cross-entropy with logits, averaged over the classes: one value per image, as the loop expects."""
+    """Binary cross-entropy with logits, averaged over the classes: one value per image, as the loop expects.
+    ``label_smoothing`` e moves each 0/1 target e/2 towards the other side (--label-smoothing)."""
 
-    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.pos_weight = pos_weight
+        self.pos_weight, self.label_smoothing = pos_weight, label_smoothing
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none",
+        targets = targets.float() * (1 - self.label_smoothing) + self.label_smoothing / 2
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none",
                                                               pos_weight=self.pos_weight)
         return loss.mean(1)
 

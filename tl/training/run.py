@@ -134,7 +134,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         log.info(f"--balance {o.balance}: {'positive' if multi else 'class'} weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
     ctx = TrainContext(
         accelerator=accelerator, optimizer=optimizer,
-        loss_fn=multilabel.MultiLabelLoss(torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None)
+        loss_fn=multilabel.MultiLabelLoss(torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None,
+                                          o.label_smoothing)
         if multi else torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none",
                                                 weight=torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None),
         apply_lr=lambda optimizer, step: set_lr(optimizer, lr_factor(step, **schedule) * plateau.multiplier,
