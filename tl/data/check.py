@@ -207,7 +207,8 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
     sizes = [item["size"] for item in found if item.get("size") and not item.get("problem")]
     used = {f["path"] for f in found if "path" in f}
     # every non-hidden file, walked as the datasets walk (symlinked folders not entered: a link loop cannot hang it)
-    ignored = [p for p in scan_images(root, extensions=None) if str(p) not in used] if root is not None else []
+    label_file = Path(cfg.labels).resolve() if cfg.labels else None  # --labels: the CSV itself is read, not ignored
+    ignored = [p for p in scan_images(root, extensions=None) if str(p) not in used and p.resolve() != label_file] if root is not None else []
     return {
         "dataset": cfg.dataset, "root": str(root) if root else cfg.data_dir, "classes": bundle.class_names,
         "counts": {split: [c[label] for label in range(len(bundle.class_names))] for split, c in counts.items()},
