@@ -14,7 +14,7 @@ LAYERS = [
     {"tl.errors"},  # shared by every stage, in their own order
     {"tl.config", "tl.progress", "tl.shipped"},  # tl.shipped: the SLURM templates, accelerate configs, recipes
     {"tl.runtime", "tl.entry"},
-    {"tl.data", "tl.models", "tl.viz", "tl.viz.confusion", "tl.viz.curves"},  # the stages, and pictures that only draw
+    {"tl.data", "tl.models", "tl.viz", "tl.viz.confusion", "tl.viz.curves", "tl.viz.pr_curves"},  # the stages, and pictures that only draw
     {"tl.inference"},
     {"tl.training"},
     {"tl.cluster", "tl.viz.gradcam", "tl.viz.grids", "tl.viz.lrfind", "tl.viz.inputs"},  # commands that use every stage

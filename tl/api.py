@@ -40,6 +40,7 @@ class Prediction:
     probs: dict[str, float] = field(repr=False)
     error: str | None = None
     source: str = ""  # the file's path, or a description of an in-memory image
+    labels: list[str] | None = None  # a multi-label model's answer: every class over its threshold (``label`` joins them with ;)
 
 
 class Classifier:
@@ -115,6 +116,13 @@ class Classifier:
                 while len(ready) >= batch_size or (ready and start + batch_size >= len(items)):
                     batch, ready = ready[:batch_size], ready[batch_size:]
                     for (index, _), probs in zip(batch, self._probabilities([image for _, image in batch], tta)):
+                        if self._predictor.thresholds is not None:  # multi-label: the classes over their thresholds
+                            from tl.inference.multilabel import labels_of
+
+                            labels = labels_of(probs, self.class_names, self._predictor.thresholds)
+                            answers[index] = Prediction(";".join(labels), max(probs), dict(zip(self.class_names, probs)), None,
+                                                        _describe(items[index]), labels)
+                            continue
                         best = max(range(len(probs)), key=probs.__getitem__)
                         label = self.class_names[best] if probs[best] >= min_confidence else unknown_label
                         answers[index] = Prediction(label, probs[best], dict(zip(self.class_names, probs)), None,
@@ -328,9 +336,10 @@ def _display(image) -> "Any":
 
 
 def load(path: str | Path | None = None, *, arch: str | None = None, weights: str | Path = "DEFAULT",
-         calibrated: bool = True) -> Classifier:
+         calibrated: bool = True, threshold: float | None = None) -> Classifier:
     """A Classifier from a checkpoint folder, a run folder (its best/) or a .safetensors file; or, with ``arch``,
-    an ImageNet classifier (torchvision weights, or a local weights file) predicting the 1,000 ImageNet classes."""
+    an ImageNet classifier (torchvision weights, or a local weights file) predicting the 1,000 ImageNet classes.
+    ``threshold``: a multi-label model's one threshold for every class (default: each class's, fit on val)."""
     from tl.inference.predictor import load_predictor
 
     if path is None and arch is None:
@@ -344,7 +353,7 @@ def load(path: str | Path | None = None, *, arch: str | None = None, weights: st
         checkpoint = Path(path)
         if checkpoint.is_dir() and not (checkpoint / "model.safetensors").is_file() and (checkpoint / "best").is_dir():
             checkpoint = checkpoint / "best"  # a run folder
-    return Classifier(load_predictor(checkpoint, arch, str(weights), calibrated=calibrated))
+    return Classifier(load_predictor(checkpoint, arch, str(weights), calibrated=calibrated, threshold=threshold))
 
 
 def plot(run: Run | str | Path) -> "Figure":

@@ -12,7 +12,7 @@ from typing import Any
 
 from tl.errors import TLError
 
-DATASETS = ("synthetic", "imagefolder", "cifar10", "caltech101")  # and hf:<hub id or folder>
+DATASETS = ("synthetic", "imagefolder", "cifar10", "caltech101", "labels")  # and hf:<hub id or folder>; labels: --labels FILE.csv
 STRATEGIES = ("full", "linear", "partial", "gradual", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
@@ -22,7 +22,8 @@ AUGMENTS = ("basic", "strong", "trivial", "none")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 BALANCES = ("none", "loss", "sampler")
-SELECT_BY = ("val_top1", "val_balanced_accuracy", "val_loss")
+SELECT_BY = ("val_top1", "val_balanced_accuracy", "val_loss", "val_map")  # val_map: multi-label runs (their default)
+TASKS = ("auto", "single", "multilabel")
 
 
 def _is_number(text: str) -> bool:
@@ -66,6 +67,9 @@ class DataConfig:
     synthetic_size: int = 32
     device_augment: bool | None = None  # None: on for cifar10 with basic augmentation on a GPU (tl.data.gpu_augment)
     cache_images: str = "auto"  # decoded folder images kept in memory: auto | off | a budget in MiB (tl.data.image_cache)
+    labels: str | None = None  # a label file (CSV of path,label rows; tl.data.label_file): --dataset labels
+    label_sep: str | None = None  # separator of several labels in one cell; None: the first of ; | space found
+    task: str = "auto"  # single | multilabel (one sigmoid per class); auto: multilabel when the labels say so
 
     def __post_init__(self) -> None:
         if not self.dataset.startswith("hf:"):
@@ -73,6 +77,11 @@ class DataConfig:
         if self.dataset in ("imagefolder",):
             _require(bool(self.data_dir), "--data-dir", "is required with --dataset imagefolder",
                      "point it at a folder with train/<class>/ and val/<class>/ sub-folders")
+        _choice(self.task, "--task", TASKS)
+        if self.dataset == "labels":
+            _require(bool(self.labels), "--labels", "is required with --dataset labels", "pass the CSV of path,label rows")
+        else:
+            _require(not self.labels, "--labels", f"reads a label file, not --dataset {self.dataset}", "drop --dataset (or pass --dataset labels)")
         _choice(self.augment, "--augment", AUGMENTS)
         _require(self.image_size is None or self.image_size >= 8, "--image-size", "must be at least 8")
         _require(0.0 < self.crop_scale_min <= 1.0, "--crop-scale-min", "must be in (0, 1]")

@@ -122,7 +122,7 @@ class Probes:
             image, label, readable = data[i]
             found = probe_item(image, readable)
             found["key"] = f"{split}[{i}]"
-        return found | {"split": split, "label": int(label)}
+        return found | {"split": split, "label": label if isinstance(label, tuple) else int(label)}
 
 
 def _batch_as_list(batch: list) -> list:
@@ -140,8 +140,10 @@ def _file_root(parts: list[tuple[str, Any]], cfg) -> Path | None:
 
     if not all(isinstance(data, ImageFiles) for _, data in parts):
         return None
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset == "imagefolder" or (cfg.dataset == "labels" and cfg.data_dir):
         return Path(cfg.data_dir)
+    if cfg.dataset == "labels":  # paths relative to the label file's folder
+        return Path(cfg.labels).parent
     return Path(os.path.commonpath([str(p.parent.parent) for _, data in parts for p, _ in data.samples]))
 
 
@@ -159,11 +161,12 @@ def hash_same_sizes(found: list[dict[str, Any]]) -> None:
 
 def _duplicate_reason(group: list[dict[str, Any]], classes: list[str]) -> str:
     labels, parts = {g["label"] for g in group}, {g["split"] for g in group}
+    name = lambda label: ";".join(classes[c] for c in label) if isinstance(label, tuple) else classes[label]  # multi-label: a set
     if len(labels) > 1:
-        return f"same image in classes {', '.join(classes[l] for l in sorted(labels))}: one label is wrong"
+        return f"same image in classes {', '.join(name(l) for l in sorted(labels))}: one label is wrong"
     if len(parts) > 1:
         return f"same image in {' and '.join(sorted(parts))}: evaluation sees a training image"
-    return f"same image {len(group)} times in {classes[group[0]['label']]}: it counts {len(group)}x"
+    return f"same image {len(group)} times in {name(group[0]['label'])}: it counts {len(group)}x"
 
 
 def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
@@ -177,7 +180,7 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
     bundle = flags.build(cfg, seed=seed)
     parts = flags.splits(bundle)
     root = _file_root(parts, cfg)
-    counts = {split: Counter(data.targets) for split, data in parts}
+    counts = {split: Counter(c for t in data.targets for c in (t if isinstance(t, tuple) else (t,))) for split, data in parts}
     found: list[dict[str, Any]] = []
     if root is not None or not quick:  # --quick on decoded datasets: counts only
         probes = Probes(parts, root, decode=not quick)
@@ -204,7 +207,8 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
     sizes = [item["size"] for item in found if item.get("size") and not item.get("problem")]
     used = {f["path"] for f in found if "path" in f}
     # every non-hidden file, walked as the datasets walk (symlinked folders not entered: a link loop cannot hang it)
-    ignored = [p for p in scan_images(root, extensions=None) if str(p) not in used] if root is not None else []
+    label_file = Path(cfg.labels).resolve() if cfg.labels else None  # --labels: the CSV itself is read, not ignored
+    ignored = [p for p in scan_images(root, extensions=None) if str(p) not in used and p.resolve() != label_file] if root is not None else []
     return {
         "dataset": cfg.dataset, "root": str(root) if root else cfg.data_dir, "classes": bundle.class_names,
         "counts": {split: [c[label] for label in range(len(bundle.class_names))] for split, c in counts.items()},
@@ -275,6 +279,9 @@ def command(
     image_column: flags.ImageColumn = None,
     label_column: flags.LabelColumn = None,
     caltech_background: flags.CaltechBackground = False,
+    labels: flags.Labels = None,
+    label_sep: flags.LabelSep = None,
+    task: flags.Task = "auto",
     num_workers: flags.NumWorkers = -1,
     quick: Annotated[bool, typer.Option(help="Read headers only: much faster, but truncated files go unnoticed.")] = False,
 ) -> None:
@@ -289,6 +296,20 @@ def command(
     """
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,
-                            caltech_background=caltech_background, batch_size=32, num_workers=num_workers)
+                            caltech_background=caltech_background, batch_size=32, num_workers=num_workers,
+                            labels=labels, label_sep=label_sep, task=task)
+    if cfg.dataset == "labels":  # the label file's own problems first; its images only once every row is usable
+        from tl.data.label_check import findings
+        from tl.progress import out_console
+
+        problems, notes = findings(cfg)
+        for line in notes + problems:
+            out_console().print(line, highlight=False, markup=False)
+        if any(not line.startswith(("unlabelled", "few")) for line in problems):
+            out_console().print(f"{len(problems)} problem(s) in {labels}; the images are checked once its rows are fixed")
+            raise typer.Exit(1)
+        if print_report(check(cfg, seed=seed, quick=quick)) or problems:
+            raise typer.Exit(1)
+        return
     if print_report(check(cfg, seed=seed, quick=quick)):
         raise typer.Exit(1)

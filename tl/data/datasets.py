@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from tl.config import DataConfig
 from tl.data import splits
-from tl.data.decode import read_image
+from tl.data.image_files import ImageFiles
 from tl.data.splits import cache_file_list, cached_file_list, current_sizes, folder_times, split_with_manifest, stratified_split
 from tl.data.synthetic import SyntheticShapes
 from tl.errors import TLError
@@ -35,6 +34,7 @@ class DatasetBundle:
     test: Dataset | None
     class_names: list[str]
     fingerprint: str  # identifies the data a run saw (file list + sizes, or the generator's settings)
+    multilabel: bool = False  # labels are 0/1 vectors, one entry per class (tl.data.labelled, hf Sequence(ClassLabel))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,56 +54,6 @@ def _synthetic(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable
 # --------------------------------------------------------------------------------------------------
 # Folders of images
 # --------------------------------------------------------------------------------------------------
-
-
-class ImageFiles(Dataset):
-    """(path, label) pairs read with ``read_image``; class indices come from the caller, not from the folder."""
-
-    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], transform: Callable | None = None) -> None:
-        self.samples = samples
-        self.classes = classes
-        self.targets = [label for _, label in samples]
-        self.transform = transform
-        self.decoded: list | None = None  # decoded images, one per sample, when tl.data.image_cache preloaded them
-        self.full_sizes: list | None = None  # and each file's full (width, height): crops are drawn on it
-        self._crop_for, self._crop = object(), None  # the transform _crop_before_decode was built for, and it
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def min_short_side(self) -> int | None:
-        """The short side ``transform`` needs: large JPEGs are decoded at a reduced size down to it (decode.py)."""
-        from tl.data.transforms import decode_short_side  # torchvision's transforms: not at import time
-
-        return decode_short_side(self.transform)
-
-    def __getitem__(self, index: int):
-        """(image, label, readable). An unreadable file becomes a black stand-in marked unreadable, so batches
-        keep their shape on every process (a rank skipping a step would hang the others) and the loss and
-        metrics leave it out."""
-        path, label = self.samples[index]
-        cached = self.decoded[index] if self.decoded is not None else None
-        try:
-            if (crop_first := self._crop_before_decode()) is not None:
-                if cached is None:
-                    return crop_first(path), label, True
-                if self.full_sizes is not None:
-                    return crop_first.from_decoded(cached, self.full_sizes[index]), label, True
-            image, readable = (cached if cached is not None else read_image(path, self.min_short_side)), True
-        except TLError as error:
-            log.warning(f"skipping unreadable image: {error.message}")
-            image, readable = Image.new("RGB", (8, 8)), False
-        return (self.transform(image) if self.transform else image), label, readable
-
-    def _crop_before_decode(self):
-        """``tl.data.transforms.CropBeforeDecode`` for a training transform, None for any other; built once per
-        transform (rebuilt if the dataset's transform is replaced)."""
-        if self._crop_for is not self.transform:
-            from tl.data.transforms import CropBeforeDecode
-
-            self._crop_for, self._crop = self.transform, CropBeforeDecode.of(self.transform)
-        return self._crop
 
 
 def scan_images(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
@@ -403,18 +353,36 @@ def _huggingface(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callab
     if val_name:
         train, val = make(train_split, train_tf), make(splits[val_name], eval_tf)
     else:
-        kept, held = stratified_split([int(v) for v in train_split[label_col]], cfg.fraction("val"), seed)
+        if hf.is_multilabel(train_split, label_col):  # tuples of class indices: iterative stratification
+            from tl.data.multilabel_split import iterative_split
+
+            held_out = iterative_split(make(train_split, None).targets, {"train": 1 - cfg.fraction("val"), "val": cfg.fraction("val")}, seed)
+            kept, held = held_out["train"], held_out["val"]
+        else:
+            kept, held = stratified_split([int(v) for v in train_split[label_col]], cfg.fraction("val"), seed)
         train, val = make(train_split, train_tf, kept), make(train_split, eval_tf, held)
     test = make(splits["test"], eval_tf) if "test" in splits else None
     fingerprint = f"hf:{name}:" + ":".join(f"{k}={getattr(v, '_fingerprint', len(v))}" for k, v in sorted(splits.items()))
-    return DatasetBundle(train, val, test, classes, fingerprint)
+    return DatasetBundle(train, val, test, classes, fingerprint, multilabel=hf.is_multilabel(train_split, label_col))
 
 
-_BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder, "cifar10": _cifar10, "caltech101": _caltech101}
+def _labels(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, manifest: Path | None) -> DatasetBundle:
+    """``--labels FILE.csv``: a label file beside a folder of images (tl.data.labelled)."""
+    from tl.data import labelled
+
+    return DatasetBundle(*labelled.build(cfg, seed, train_tf, eval_tf, manifest))
+
+
+_BUILDERS = {"synthetic": _synthetic, "imagefolder": _imagefolder, "cifar10": _cifar10, "caltech101": _caltech101,
+             "labels": _labels}
 
 
 def build_datasets(cfg: DataConfig, *, seed: int, train_tf: Callable, eval_tf: Callable,
                    manifest: Path | None = None) -> DatasetBundle:
     """Train/val[/test] datasets and class names; ``manifest`` pins splits that tl makes (see tl/data/splits.py)."""
     builder = _huggingface if cfg.dataset.startswith("hf:") else _BUILDERS[cfg.dataset]
-    return builder(cfg, seed, train_tf, eval_tf, manifest)
+    bundle = builder(cfg, seed, train_tf, eval_tf, manifest)
+    if cfg.task == "multilabel" and not bundle.multilabel:
+        raise TLError(f"--task multilabel: --dataset {cfg.dataset} gives each image one class",
+                      "multi-label data comes from --labels FILE.csv (several labels per cell, or 0/1 columns) or an hf: Sequence(ClassLabel) column")
+    return bundle

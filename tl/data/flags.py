@@ -32,17 +32,22 @@ Download = Annotated[bool, typer.Option(help="cifar10/caltech101: download into 
 ImageColumn = Annotated[Optional[str], typer.Option(help="hf: datasets: the image column (default: image, img, ...).", rich_help_panel=DATA)]
 LabelColumn = Annotated[Optional[str], typer.Option(help="hf: datasets: the label column (default: label, labels, ...).", rich_help_panel=DATA)]
 CaltechBackground = Annotated[bool, typer.Option(help="caltech101: keep the BACKGROUND_Google clutter class.", rich_help_panel=DATA)]
+Labels = Annotated[Optional[Path], typer.Option(help="A label file: CSV of path,label rows (several labels in a cell, or one 0/1 column per class: multi-label; optional split or is_valid column); paths relative to --data-dir (default: the CSV's folder) or absolute.", rich_help_panel=DATA)]
+LabelSep = Annotated[Optional[str], typer.Option(help="--labels: separator of several labels in one cell (default: the first of ; | and space found; none: one label per cell).", rich_help_panel=DATA)]
+Task = Annotated[str, typer.Option(help="auto | single | multilabel (one yes/no output per class). auto: multilabel when the labels give an image several classes.", rich_help_panel=DATA)]
 BatchSize = Annotated[int, typer.Option(help="Images per loader batch.", rich_help_panel=DATA)]
 NumWorkers = Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.", rich_help_panel=DATA)]
 
 
 def data_config(*, dataset: Optional[str], data_dir: Optional[Path], val_fraction: Optional[float], test_fraction: Optional[float],
                 download: bool, image_column: Optional[str], label_column: Optional[str], caltech_background: bool,
-                batch_size: int, num_workers: int, fallback: str = DataConfig.dataset) -> DataConfig:
+                batch_size: int, num_workers: int, fallback: str = DataConfig.dataset, labels: Optional[Path] = None,
+                label_sep: Optional[str] = None, task: str = DataConfig.task) -> DataConfig:
     """The flags as tl train would read them (validated, errors naming the flag); no ``dataset``: inferred from
     ``data_dir`` as tl train infers it, ``fallback`` without either."""
-    dataset = resolve_dataset(dataset, data_dir, fallback=fallback)
+    dataset = resolve_dataset(dataset, data_dir, fallback=fallback, labels=labels)
     return DataConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, val_fraction=val_fraction,
+                      labels=str(labels) if labels else None, label_sep=label_sep, task=task,
                       test_fraction=test_fraction, download=download, image_column=image_column, label_column=label_column,
                       caltech_background=caltech_background, batch_size=batch_size, num_workers=num_workers)
 

@@ -43,9 +43,15 @@ def pick_column(columns: list[str], requested: str | None, candidates: tuple[str
     raise TLError(f"{flag}: none of {', '.join(candidates)} is a column", f"columns are {', '.join(columns)}: pass {flag}")
 
 
+def is_multilabel(split: Any, label_column: str) -> bool:
+    """A label column of lists (``Sequence(ClassLabel)``): each image has any number of the classes."""
+    return hasattr(split.features[label_column], "feature")
+
+
 def class_names(split: Any, label_column: str) -> list[str]:
     """From the ClassLabel feature; a plain column must hold integers 0..K-1 (strings or gaps cannot be indexed)."""
     feature = split.features[label_column]
+    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) / List(ClassLabel): a multi-label column
     if hasattr(feature, "names"):
         return list(feature.names)
     values = sorted(set(split[label_column]))
@@ -67,7 +73,8 @@ class HFImages(Dataset):
         self.transform = transform
         self.indices = indices if indices is not None else list(range(len(split)))
         labels = split[label_column]
-        self.targets = [int(labels[i]) for i in self.indices]
+        self.multilabel = is_multilabel(split, label_column)
+        self.targets = [tuple(sorted(int(v) for v in labels[i])) if self.multilabel else int(labels[i]) for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -80,4 +87,9 @@ class HFImages(Dataset):
             readable = True
         except Exception:  # a broken encoded image: masked like an unreadable file
             image, readable = Image.new("RGB", (8, 8)), False
-        return (self.transform(image) if self.transform else image), self.targets[index], readable
+        target = self.targets[index]
+        if self.multilabel:  # a 0/1 vector, one entry per class, as tl.data.labelled hands them out
+            import torch
+
+            target = torch.zeros(len(self.classes)).index_fill_(0, torch.tensor(target, dtype=torch.long), 1.0)
+        return (self.transform(image) if self.transform else image), target, readable

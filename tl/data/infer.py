@@ -42,10 +42,14 @@ def infer_dataset(data_dir: str | Path) -> str:
     return "imagefolder"
 
 
-def resolve_dataset(dataset: str | None, data_dir: str | Path | None, *, fallback: str = DataConfig.dataset) -> str:
-    """The dataset to read: ``dataset`` when the user chose one, else inferred from ``data_dir``, else ``fallback``.
+def resolve_dataset(dataset: str | None, data_dir: str | Path | None, *, fallback: str = DataConfig.dataset,
+                    labels: str | Path | None = None) -> str:
+    """The dataset to read: ``dataset`` when the user chose one, else ``labels`` for a label file (``--labels``),
+    else inferred from ``data_dir``, else ``fallback``.
 
     Says on stderr what it inferred, and warns when a chosen synthetic set leaves ``data_dir`` unread."""
+    if labels and not dataset:
+        return "labels"
     if dataset:
         if dataset == "synthetic" and data_dir:
             _say(f"warning: --data-dir {data_dir} is ignored with --dataset synthetic; drop --dataset to read the folder",

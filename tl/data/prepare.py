@@ -90,7 +90,16 @@ def _shard_rows(dataset: Any, indices: list[int], short_side: int, unreadable_fi
                     notes.write(f"{index}\tunreadable row\n")
                 continue
             data = _jpeg_bytes(shrink(image, short_side))
-        yield {"image": {"bytes": data, "path": None}, "label": int(label)}
+        yield {"image": {"bytes": data, "path": None}, "label": _label_value(label)}
+
+
+def _label_value(label: Any) -> Any:
+    """A class index, or a multi-label image's list of them (from a tuple, or a 0/1 vector)."""
+    if isinstance(label, tuple):
+        return list(label)
+    if getattr(label, "ndim", 0) == 1:
+        return label.nonzero().flatten().tolist()
+    return int(label)
 
 
 def prepare(cfg, out: Path, *, seed: int = 0, short_side: int = 256, num_proc: int = 1, overwrite: bool = False) -> dict:
@@ -108,7 +117,8 @@ def prepare(cfg, out: Path, *, seed: int = 0, short_side: int = 256, num_proc: i
     bundle = flags.build(cfg, seed=seed)
     work = out / ".work"
     work.mkdir(parents=True)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(bundle.class_names))})
+    label = datasets.ClassLabel(names=list(bundle.class_names))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Sequence(label) if bundle.multilabel else label})
     notes = str(work / "unreadable")
     parts = {}
     try:
@@ -152,6 +162,8 @@ def command(
     image_column: flags.ImageColumn = None,
     label_column: flags.LabelColumn = None,
     caltech_background: flags.CaltechBackground = False,
+    labels: flags.Labels = None,
+    label_sep: flags.LabelSep = None,
 ) -> None:
     """Write a dataset once as Arrow shards with tl's splits, images shrunk to --short-side.
 
@@ -162,7 +174,8 @@ def command(
     setup_logging(True)
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,
-                            caltech_background=caltech_background, batch_size=32, num_workers=0, fallback="imagefolder")
+                            caltech_background=caltech_background, batch_size=32, num_workers=0, fallback="imagefolder",
+                            labels=labels, label_sep=label_sep)
     result = prepare(cfg, out, seed=seed, short_side=short_side, num_proc=num_proc, overwrite=overwrite)
     for line in result["unreadable"]:
         log.warning(f"left out: {line}")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -193,6 +193,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
     materialize: Annotated[bool, typer.Option(help="Also write OUT/train|val|test/<class>/ as symlinks (hard links or copies where those fail).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a split already in --out.")] = False,
+    labels: Annotated[Optional[Path], typer.Option(help="A label file (CSV of path,label rows) whose images are in FOLDER: split its rows instead (multi-label: every class in every split), for tl train --labels FILE --data-dir FOLDER --out OUT.")] = None,
 ) -> None:
     """Split a folder of class folders into train/val/test, stratified and seeded, once and for all.
 
@@ -202,11 +203,20 @@ def command(
 
       tl split data/flowers --out data/flowers_split --materialize        # then: tl train --data-dir data/flowers_split
     """
-    parts, ways = make_split(folder, out, fractions=parse_fractions(fractions), seed=seed, materialize=materialize, overwrite=overwrite)
     from rich.console import Console
     from rich.table import Table
 
-    counts = {part: Counter(Path(key).parts[0] for key in keys) for part, keys in parts.items() if keys}
+    if labels is not None:
+        if materialize:
+            raise TLError("--materialize: a label file's split stays in split.json", "drop --materialize; tl train --labels reads it from --out")
+        from tl.data.labelled import pin_split
+
+        _, val, test = parse_fractions(fractions)
+        counts = {part: Counter(c) for part, c in pin_split(labels, folder, out, val=val, test=test, seed=seed, overwrite=overwrite).items()}
+        parts, ways = {}, Counter()
+    else:
+        parts, ways = make_split(folder, out, fractions=parse_fractions(fractions), seed=seed, materialize=materialize, overwrite=overwrite)
+        counts = {part: Counter(Path(key).parts[0] for key in keys) for part, keys in parts.items() if keys}
     table = Table(title=f"{folder} seed {seed}", title_justify="left")
     table.add_column("class")
     for part in counts:
@@ -219,5 +229,5 @@ def command(
     resolved = out.resolve()
     console.print(f"wrote {resolved / 'split.json'}" + (f" and {', '.join(counts)} under {resolved} ("
                                                        + ", ".join(f"{n} {way}s" for way, n in ways.items()) + ")" if materialize else ""))
-    console.print(f"train on it: tl train --dataset imagefolder --data-dir {resolved if materialize else folder.resolve()}"
-                  + ("" if materialize else f" --out {resolved}"))
+    console.print(f"train on it: tl train " + (f"--labels {labels.resolve()} --data-dir {folder.resolve()} --out {resolved}" if labels else
+                  f"--dataset imagefolder --data-dir {resolved if materialize else folder.resolve()}" + ("" if materialize else f" --out {resolved}")))

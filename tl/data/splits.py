@@ -44,15 +44,20 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
     return sorted(kept), sorted(held)
 
 
-def three_way(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """{"train", "val", "test"} index lists; fractions are of the whole set."""
+def three_way(labels: list, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """{"train", "val", "test"} index lists; fractions are of the whole set. Multi-label ``labels`` (a tuple of class
+    indices per image) are split by iterative stratification, so every class reaches every split where it can."""
+    if labels and isinstance(labels[0], tuple):
+        from tl.data.multilabel_split import iterative_split
+
+        return iterative_split(labels, {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}, seed)
     rest, test = stratified_split(labels, test_fraction, seed) if test_fraction > 0 else (list(range(len(labels))), [])
     share = val_fraction / max(1e-9, 1.0 - test_fraction)
     kept, val = stratified_split([labels[i] for i in rest], share, seed + 1)
     return {"train": [rest[i] for i in kept], "val": [rest[i] for i in val], "test": test}
 
 
-def split_with_manifest(keys: list[str], labels: list[int], *, val_fraction: float, test_fraction: float, seed: int,
+def split_with_manifest(keys: list[str], labels: list, *, val_fraction: float, test_fraction: float, seed: int,
                         manifest: Path | None) -> dict[str, list[int]]:
     """The split recorded in ``manifest`` when there is one (checked against ``keys``), else a new one, recorded."""
     if manifest is not None and manifest.is_file():

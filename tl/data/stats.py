@@ -52,6 +52,8 @@ def command(
     image_column: flags.ImageColumn = None,
     label_column: flags.LabelColumn = None,
     caltech_background: flags.CaltechBackground = False,
+    labels: flags.Labels = None,
+    label_sep: flags.LabelSep = None,
     batch_size: flags.BatchSize = 64,
     num_workers: flags.NumWorkers = -1,
     size: Annotated[int, typer.Option(help="Centre-crop size the statistics are taken at (resize to size/0.875 first, as tl train).")] = 224,
@@ -70,7 +72,8 @@ def command(
         raise TLError("--size: must be at least 8", "e.g. --size 224")
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,
-                            caltech_background=caltech_background, batch_size=batch_size, num_workers=num_workers)
+                            caltech_background=caltech_background, batch_size=batch_size, num_workers=num_workers,
+                            labels=labels, label_sep=label_sep)
     start = time.perf_counter()
     unnormalised = eval_transform(size=size, resize=round(size / 0.875), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     train = flags.build(cfg, seed=seed, transform=unnormalised).train

@@ -52,6 +52,7 @@ CalibrationOpt = Annotated[bool, typer.Option(help="Apply the temperature stored
 TtaOpt = Annotated[bool, typer.Option(help="Average each prediction with that of the mirrored image.", rich_help_panel=MODEL)]
 LabelNamesOpt = Annotated[Optional[Path], typer.Option(help="JSON ({class: name}) or CSV (class,name) of display names.", rich_help_panel=OUTPUT)]
 PrecisionOpt = Annotated[Precision, typer.Option(help="auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.", rich_help_panel=RUN)]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help="Multi-label checkpoints: call a class present at this probability for every class, instead of each class's threshold fit on val.", rich_help_panel=OUTPUT)]
 MinConfidenceOpt = Annotated[float, typer.Option(help="Below this top (calibrated) probability the label is --unknown-label; probabilities are still given. `tl eval --target-accuracy A` prints the value that reaches accuracy A on a split.", rich_help_panel=OUTPUT)]
 UnknownLabelOpt = Annotated[str, typer.Option(help="The label of an image under --min-confidence.", rich_help_panel=OUTPUT)]
 
@@ -76,6 +77,7 @@ def predict_dir_command(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: pays off on large folders (compiling takes ~30 s on a small CPU).", rich_help_panel=RUN)] = False,
     min_confidence: MinConfidenceOpt = 0.0,
     unknown_label: UnknownLabelOpt = "unknown",
+    threshold: ThresholdOpt = None,
 ) -> None:
     """Predict every image in a folder or list into a CSV or Parquet, streaming (exit 0: all read; 1: some
     unreadable; 2: bad input; 75: stopped by SIGTERM/SIGUSR1 after the batch in flight, continue with --resume).
@@ -103,7 +105,7 @@ def predict_dir_command(
     check_inputs(images, files)
     parse_shard(shard)  # a bad --shard costs nothing either
     check_output(out, resume=resume, overwrite=overwrite)  # before the model loads: a bad --out costs nothing
-    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
+    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names, threshold=threshold)
     with stop_codes("continue with the same command and --resume"):
         summary = predict_dir(predictor, images, out, files=files, shard=shard, batch_size=batch_size,
                               num_workers=num_workers, top_k=top_k, tta=tta, precision=precision, resume=resume,
@@ -129,6 +131,7 @@ def predict_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of tables, one object per file: path, label, top (label, probability), error (null, or why it could not be read).", rich_help_panel=OUTPUT)] = False,
     min_confidence: MinConfidenceOpt = 0.0,
     unknown_label: UnknownLabelOpt = "unknown",
+    threshold: ThresholdOpt = None,
 ) -> None:
     """Show the top classes of a few images (exit 1 when one could not be read).
 
@@ -150,7 +153,7 @@ def predict_command(
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise TLError(f"no such file: {', '.join(missing[:3])}", "pass image files; for a folder use `tl predict-dir`")
-    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names)
+    predictor = load_predictor(checkpoint, arch, weights, calibrated=calibration, label_names=label_names, threshold=threshold)
     check_unknown_label(min_confidence, unknown_label, predictor.class_names)
     transform, answers, out = predictor.transform(), [], out_console()
     for path in images:
@@ -163,6 +166,14 @@ def predict_command(
             continue
         with torch.inference_mode():
             probs = probabilities(predictor, image.unsqueeze(0), tta=tta, dtype=autocast_dtype(Precision.auto, image.device))[0]
+        if predictor.thresholds is not None:  # multi-label: every class over its threshold, and every probability
+            from tl.inference.multilabel import answer, table_of
+
+            answers.append(answer(str(path), probs.tolist(), predictor.class_names, predictor.thresholds))
+            if not as_json:
+                out.print(f"{path}: {'; '.join(answers[-1]['labels']) or '(no class)'}", style="bold", highlight=False, markup=False)
+                out.print(table_of(answers[-1], predictor.thresholds))
+            continue
         values, indices = probs.topk(min(top_k, len(probs)))
         top = [{"label": predictor.class_names[i], "probability": v} for v, i in zip(values.tolist(), indices.tolist())]
         unsure = top[0]["probability"] < min_confidence

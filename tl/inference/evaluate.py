@@ -144,7 +144,7 @@ def load_data(checkpoint: Path, *, data_dir: Path | None = None):
 
 def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir: Path | None = None,
                         batch_size: int = 64, num_workers: int = -1, precision: str = "auto",
-                        target_accuracy: float | None = None) -> dict[str, Any]:
+                        target_accuracy: float | None = None, threshold: float | None = None) -> dict[str, Any]:
     """The metrics of ``checkpoint`` on its run's ``split``; see the module docstring. ``precision`` is chosen as
     ``tl predict-dir`` chooses it, so the two give the same labels."""
     import torch
@@ -162,7 +162,12 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
     dtype = autocast_dtype(Precision(precision), torch.device(device))
     logits, labels, unreadable = collect_logits(model.to(device), loader, device, dtype=dtype)
     result = {"checkpoint": str(checkpoint), "split": split.value, "unreadable": unreadable,
-              "precision": str(dtype).replace("torch.", "") if dtype else "float32",
+              "precision": str(dtype).replace("torch.", "") if dtype else "float32"}
+    if meta.get("task") == "multilabel":  # tl.inference.multilabel_eval: mAP and per-class figures instead
+        from tl.inference import multilabel_eval
+
+        return {**result, **multilabel_eval.metrics(logits, labels, meta, threshold), "_scores": (logits.sigmoid(), labels)}
+    result = {**result,
               **classification_metrics(logits, labels, meta["class_names"])}
     temperature = meta.get("temperature")
     result["calibration"] = {
@@ -233,6 +238,7 @@ def command(
     num_workers: Annotated[int, typer.Option(help="DataLoader workers; -1: automatic.")] = -1,
     precision: Annotated[Precision, typer.Option(help="auto: as tl predict-dir (bf16 on GPUs that have it, fp16 on older ones, bf16 on CPUs with native bf16, else fp32), so the two agree; fp32 for exact float32 metrics.")] = Precision.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics written to --out as JSON instead of the tables.")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Multi-label checkpoints: one threshold for every class instead of each class's own (fit on val).")] = None,
     target_accuracy: Annotated[Optional[float], typer.Option(help="Also find the lowest --min-confidence for tl predict/predict-dir at which top-1 on the images kept reaches this (e.g. 0.98) on the split.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its run's validation or test split.
@@ -248,9 +254,17 @@ def command(
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise TLError(f"--target-accuracy: must be in (0, 1], got {target_accuracy}", "e.g. --target-accuracy 0.98")
     result = evaluate_checkpoint(checkpoint, split, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                                 precision=precision.value, target_accuracy=target_accuracy)
+                                 precision=precision.value, target_accuracy=target_accuracy, threshold=threshold)
     out = out or run_dir_of(checkpoint) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if result.get("task") == "multilabel":
+        from tl.inference import multilabel_eval
+
+        multilabel_eval.write_outputs(result, out, *result.pop("_scores"))
+        print(json.dumps(result, indent=2)) if as_json else multilabel_eval.print_report(result, out)
+        if result["unreadable"]:
+            raise typer.Exit(1)
+        return
     confusion_csv = out.with_name(out.stem + "_confusion.csv")
     write_confusion_csv(confusion_csv, result["confusion_matrix"], [c["class"] for c in result["per_class"]])
     result["confusion_csv"] = str(confusion_csv)

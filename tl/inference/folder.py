@@ -147,6 +147,8 @@ def predict_dir(predictor: Predictor, images: Path | None, out: Path, *, files: 
     writer = marker = None
     try:
         names = predictor.class_names
+        if predictor.thresholds is not None:  # multi-label: one probability column per class, always
+            top_k = 0
         if top_k is None:
             top_k = AUTO_TOP_K if len(names) > MAX_PROB_COLUMNS else 0
             if top_k:
@@ -154,7 +156,7 @@ def predict_dir(predictor: Predictor, images: Path | None, out: Path, *, files: 
         top_k = min(top_k, len(names))
         check_unknown_label(min_confidence, unknown_label, names)
         check_output(out, resume=resume, overwrite=overwrite)
-        header = csv_header(names, top_k)
+        header = csv_header(names, top_k, predictor.thresholds)
         listing = load_files(images, files)
         first, stop_at = wanted.block(len(listing)) if wanted else (0, len(listing))
         record = new_record(wanted, listing) if wanted else None
@@ -296,7 +298,8 @@ def _predict_pending(predictor: Predictor, accelerator, listing: FileList, pendi
                 summary.failed += sum(int(i) in error_of for i in indices)
                 if writer is not None:  # flushed: a killed run loses only the batch in flight
                     writer.write([csv_row(listing.name(int(pending[index])), row, names, top_k, error_of.get(index, ""),
-                                          min_confidence=min_confidence, unknown_label=unknown_label)
+                                          min_confidence=min_confidence, unknown_label=unknown_label,
+                                          thresholds=predictor.thresholds)
                                   for index, row in zip(indices.tolist(), probs.cpu().tolist())])
                 if progress.wants_stats(step):
                     progress.update(step, f"{summary.predicted / (time.perf_counter() - start):.1f} img/s")

@@ -22,14 +22,23 @@ def csv_unsafe(text: str) -> str:
     return text[1:] if text.startswith("'") else text
 
 
-def csv_header(class_names: list[str], top_k: int) -> list[str]:
+def csv_header(class_names: list[str], top_k: int, thresholds: list[float] | None = None) -> list[str]:
+    if thresholds is not None:  # multi-label: the classes over their thresholds, then every probability
+        return ["path", "labels", *[f"p_{name}" for name in class_names], "error"]
     pairs = [c for i in range(1, top_k + 1) for c in (f"label_{i}", f"prob_{i}")]
     return ["path", "label", "confidence", *(pairs if top_k else [f"p_{name}" for name in class_names]), "error"]
 
 
 def csv_row(path: str, probs: list[float], names: list[str], top_k: int, error: str, *,
-            min_confidence: float = 0.0, unknown_label: str = "unknown") -> list[str]:
-    """One row; below ``min_confidence`` the label is ``unknown_label``, the probabilities are written all the same."""
+            min_confidence: float = 0.0, unknown_label: str = "unknown", thresholds: list[float] | None = None) -> list[str]:
+    """One row; below ``min_confidence`` the label is ``unknown_label``, the probabilities are written all the same.
+    Multi-label (``thresholds``): the classes at or over their thresholds joined by ``;`` (possibly none)."""
+    if thresholds is not None:
+        from tl.inference.multilabel import labels_of
+
+        if error:
+            return [csv_safe(path), "", *([""] * len(names)), csv_safe(error)]
+        return [csv_safe(path), csv_safe(";".join(labels_of(probs, names, thresholds))), *[f"{p:.6f}" for p in probs], ""]
     width = 2 * top_k if top_k else len(names)
     if error:
         return [csv_safe(path), "", "", *([""] * width), csv_safe(error)]

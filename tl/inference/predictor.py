@@ -44,6 +44,7 @@ class Predictor:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     temperature: float = 1.0
+    thresholds: list[float] | None = None  # a multi-label model's, one per class (sigmoid outputs); None: softmax
 
     def transform(self):
         """File -> normalised float tensor, as ``tl eval`` preprocesses."""
@@ -64,8 +65,9 @@ class Predictor:
 
 
 def load_predictor(checkpoint: Path | None = None, arch: str | None = None, weights: str = "DEFAULT", *,
-                   calibrated: bool = True, label_names: Path | None = None) -> Predictor:
-    """From a tl checkpoint, or an ImageNet classifier (torchvision weights or a local weights file)."""
+                   calibrated: bool = True, label_names: Path | None = None, threshold: float | None = None) -> Predictor:
+    """From a tl checkpoint, or an ImageNet classifier (torchvision weights or a local weights file). ``threshold``
+    replaces every class's threshold of a multi-label checkpoint."""
     from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD
 
     if checkpoint is not None and arch is not None:
@@ -78,16 +80,23 @@ def load_predictor(checkpoint: Path | None = None, arch: str | None = None, weig
         names, size, resize = list(meta["class_names"]), meta["input_size"], meta["resize_size"]
         mean, std = tuple(meta["mean"]), tuple(meta["std"])
         temperature = float(meta.get("temperature", 1.0)) if calibrated else 1.0
+        from tl.inference.multilabel import thresholds_for
+
+        thresholds = thresholds_for(meta, threshold)
     elif arch is not None:
         model, names = _imagenet_model(arch, weights)
         from tl.models.architectures import default_sizes
 
-        (size, resize), mean, std, temperature = default_sizes(arch), IMAGENET_MEAN, IMAGENET_STD, 1.0
+        (size, resize), mean, std, temperature, thresholds = default_sizes(arch), IMAGENET_MEAN, IMAGENET_STD, 1.0, None
     else:
         raise TLError("no model given", "pass --checkpoint RUN/best, or --arch NAME --weights DEFAULT|PATH for ImageNet classes")
     if label_names is not None:
         names = read_label_names(label_names, names)
-    return Predictor(model.eval(), names, size, resize, mean, std, temperature)
+    if threshold is not None and thresholds is None:
+        raise TLError("--threshold: this model gives one class per image", "--threshold is for multi-label checkpoints; see --min-confidence")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise TLError(f"--threshold: must be in [0, 1], got {threshold}", "a probability, e.g. --threshold 0.5")
+    return Predictor(model.eval(), names, size, resize, mean, std, temperature, thresholds)
 
 
 def check_checkpoint_path(path: Path) -> None:
@@ -172,12 +181,14 @@ def autocast_dtype(precision: Precision, device: "torch.device"):
 
 
 def probabilities(predictor: Predictor, images: "torch.Tensor", *, tta: bool = False, dtype=None) -> "torch.Tensor":
-    """Softmax of the temperature-scaled logits, in float32; ``tta`` averages with the mirrored image."""
+    """Softmax of the temperature-scaled logits (a multi-label model: each class's sigmoid), in float32; ``tta``
+    averages with the mirrored image."""
     import torch
 
     from tl.models.heads import split_outputs
 
     with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         views = [images, images.flip(-1)] if tta else [images]
-        probs = [(split_outputs(predictor.model(v))[0].float() / predictor.temperature).softmax(1) for v in views]
+        logits = [split_outputs(predictor.model(v))[0].float() for v in views]
+        probs = [x.sigmoid() if predictor.thresholds is not None else (x / predictor.temperature).softmax(1) for x in logits]
     return sum(probs) / len(probs)

@@ -178,6 +178,11 @@ def find_suspects(checkpoint: Path, scope: Scope = Scope.train, *, top: int = 20
     from tl.models.checkpoint import load_checkpoint
     from tl.runtime import num_workers as resolve_workers
 
+    from tl.models.checkpoint import read_meta
+
+    if read_meta(checkpoint).get("task") == "multilabel":  # a doubted label needs one given label per image
+        raise TLError("tl suspects ranks images by their one given class: this is a multi-label checkpoint",
+                      "look at `tl eval`'s per-class precision and recall, and predict-dir's rows, for its doubtful labels")
     data, meta = load_data(checkpoint, data_dir=data_dir)
     names = list(meta["class_names"])
     every = {"train": data.train, "val": data.val, **({"test": data.test} if data.test is not None else {})}

@@ -47,6 +47,9 @@ def command(
     trust_pickle: Annotated[bool, typer.Option(help="Load a --weights file that holds a pickled model (runs its code: only for files you trust).", rich_help_panel=MODEL)] = ModelConfig.trust_pickle,
     dataset: flags.Dataset = None,  # none given: inferred from --data-dir (tl.data.infer), else DataConfig's
     data_dir: flags.DataDir = DataConfig.data_dir,
+    labels: flags.Labels = None,
+    label_sep: flags.LabelSep = DataConfig.label_sep,
+    task: flags.Task = DataConfig.task,
     image_size: Annotated[Optional[int], typer.Option(help="Input size; default: the architecture's pretrained size.", rich_help_panel=DATA)] = DataConfig.image_size,
     augment: Annotated[Augment, typer.Option(help="basic: random resized crop + flip; strong: + rotation, colour jitter; trivial: + TrivialAugmentWide; none.", rich_help_panel=DATA)] = Augment(DataConfig.augment),
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).", rich_help_panel=DATA)] = DataConfig.mixup,
@@ -88,7 +91,7 @@ def command(
     max_reductions: Annotated[int, typer.Option(help="plateau: stop after this many reductions (0: never).", rich_help_panel=OPTIM)] = OptimConfig.max_reductions,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", rich_help_panel=OPTIM)] = OptimConfig.label_smoothing,
     balance: Annotated[str, typer.Option(help="Class imbalance: none | loss (each image's loss x its class weight n_c^-1/2, normalised to a mean of 1 over the train images) | sampler (images drawn with replacement with that weight, in an order fixed by seed and epoch: exact across processes and on resume).", rich_help_panel=OPTIM)] = OptimConfig.balance,
-    select_by: Annotated[str, typer.Option(help="Which epoch becomes best/ (and what --early-stop-patience watches): val_top1 | val_balanced_accuracy (mean per-class recall) | val_loss.", rich_help_panel=RUN)] = RunConfig.select_by,
+    select_by: Annotated[str, typer.Option(help="Which epoch becomes best/ (and what --early-stop-patience watches): val_top1 | val_balanced_accuracy (mean per-class recall) | val_loss | val_map (mean per-class average precision; multi-label runs select by it whatever this says).", rich_help_panel=RUN)] = RunConfig.select_by,
     grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.", rich_help_panel=OPTIM)] = OptimConfig.grad_accum,
     clip_grad: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this.", rich_help_panel=OPTIM)] = OptimConfig.clip_grad,
     ema: Annotated[Optional[float], typer.Option(help="Keep an EMA of the weights with this decay (e.g. 0.999).", rich_help_panel=OPTIM)] = OptimConfig.ema,

@@ -35,6 +35,7 @@ class TrainContext:
     batch_mix: Callable | None = None  # MixUp/CutMix: (images, labels) -> (images, soft labels)
     augment: Callable | None = None  # on the device: (uint8 images, batch index) -> float images (tl.data.gpu_augment)
     guard: "LossGuard | None" = None  # stops the run at the first nan/inf loss
+    hits: Callable | None = None  # (logits, labels) -> right per image; None: top-1 (multi-label: exact match)
 
 
 class LossGuard:
@@ -156,7 +157,8 @@ def train_one_epoch(
         if ctx.guard is not None:
             ctx.guard.note(loss, step + 1)
         n = weight.sum()
-        sums += torch.stack([loss.detach().double() * n, ((logits.detach().argmax(1) == labels) * readable).sum().double(),
+        hits = ctx.hits(logits.detach(), labels) if ctx.hits is not None else logits.detach().argmax(1) == labels
+        sums += torch.stack([loss.detach().double() * n, (hits * readable).sum().double(),
                              n.double(), (readable.numel() - n).double()])
         if progress.wants_stats(batch_index):
             if ctx.guard is not None and accelerator.num_processes == 1:

@@ -185,5 +185,7 @@ def resolve(explicit: dict[str, Any], recipe: Path | None = None) -> dict[str, A
     chosen = explicit.get("dataset") or from_file.get("dataset")
     if not explicit.get("dataset") and from_file.get("dataset") == "synthetic" and explicit.get("data_dir"):
         chosen = None  # a recipe's synthetic (--print-config's default, a demo run's config.json) and a folder given now
-    options["dataset"] = resolve_dataset(chosen, options["data_dir"])
+    if not explicit.get("dataset") and explicit.get("labels"):
+        chosen = None  # a label file given now wins over a recipe's dataset (scripts/recipes/*.yaml name imagefolder)
+    options["dataset"] = resolve_dataset(chosen, options["data_dir"], labels=options.get("labels"))
     return options

@@ -142,7 +142,7 @@ def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers:
     mark = " *" if improved else ""
     console.print(
         f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} top-1 {metrics['train_top1']:.3f} | "
-        f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.3f} top-5 {metrics['val_top5']:.3f} | "
+        f"{val_text(metrics)} | "
         f"{metrics['train_images_per_s']:.1f} img/s, {metrics['train_seconds']:.1f}s, "
         f"data wait {metrics.get('data_wait_share', 0.0):.0%}{mark}",
         highlight=False,
@@ -150,6 +150,14 @@ def record_epoch(out: Path, metrics: dict[str, Any], improved: bool, *, workers:
     hint = data_wait_hint(metrics.get("data_wait_share", 0.0), workers)
     if hint:
         console.print(f"hint: {hint}", highlight=False)
+
+
+def val_text(metrics: dict[str, Any]) -> str:
+    """The val part of an epoch line: top-1/top-5, or a multi-label run's mAP, F1 (micro/macro) and exact match."""
+    if "val_map" in metrics:
+        return (f"val loss {metrics['val_loss']:.4f} mAP {metrics['val_map']:.3f} F1 {metrics['val_f1_micro']:.3f}/"
+                f"{metrics['val_f1_macro']:.3f} exact {metrics['val_exact_match']:.3f}")
+    return f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.3f} top-5 {metrics['val_top5']:.3f}"
 
 
 def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerator: Accelerator) -> None:
@@ -161,8 +169,9 @@ def print_summary(best: dict[str, Any], *, seconds: float, out: Path, accelerato
     table.add_column()
     rows = {
         "best epoch": str(best["epoch"]),
-        "best val top-1": f"{best['val_top1']:.4f}",
-        "best val top-5": f"{best['val_top5']:.4f}",
+        **({"best val mAP": f"{best['val_map']:.4f}", "best val F1 (micro)": f"{best['val_f1_micro']:.4f}",
+            "best val exact match": f"{best['val_exact_match']:.4f}"} if "val_map" in best else
+           {"best val top-1": f"{best['val_top1']:.4f}", "best val top-5": f"{best['val_top5']:.4f}"}),
         "total time": f"{seconds:.1f}s",
         "train images/s": f"{best['train_images_per_s']:.1f}",
         "unreadable images": f"{best.get('train_unreadable', 0)} train, {best.get('val_unreadable', 0)} val (left out)",

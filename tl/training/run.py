@@ -32,7 +32,7 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
     from tl.models.heads import HeadSpec
     from tl.progress import log, setup_logging
     from tl.runtime import StopRequest
-    from tl.training import feature_cache, report, setup, state
+    from tl.training import feature_cache, multilabel, report, setup, state
     from tl.training.loop import LossGuard, TrainContext, evaluate, train_one_epoch
     from tl.training.optim import Plateau, backbone_warmup_factor, lr_factor, set_lr
     from tl.training.state import TrainingProgress
@@ -78,6 +78,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
     data.train = EpochSeeded(data.train, cfg.run.seed)
+    multi = multilabel.is_multilabel(cfg.data.task, data)  # one sigmoid per class (tl.training.multilabel)
+    if multi:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, select_by=multilabel.select_by(cfg.run.select_by)))
     if candidates:
         state.check_same_run(out, cfg.to_dict(), data.class_names)
     if expect_fingerprint and expect_fingerprint != data.fingerprint:
@@ -124,23 +127,31 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                     step_size=o.step_size, gamma=o.gamma)
     backbone_warmup_steps = round(cfg.finetune.backbone_warmup_epochs * steps_per_epoch) if pretrained else 0
     plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions, watching=cfg.run.select_by)
-    class_weight = setup.class_weights(data.train.targets, len(data.class_names))  # --balance loss|sampler
+    if multi and o.balance == "sampler":
+        raise TLError("--balance sampler draws images by their class: a multi-label image has several",
+                      "use --balance loss (a per-class weight on the positives) for multi-label data")
+    class_weight = (multilabel.positive_weights if multi else setup.class_weights)(data.train.targets, len(data.class_names))  # --balance
     if o.balance != "none":
-        log.info(f"--balance {o.balance}: class weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
+        log.info(f"--balance {o.balance}: {'positive' if multi else 'class'} weights " + ", ".join(f"{n} {w:.2f}" for n, w in zip(data.class_names, class_weight)))
     ctx = TrainContext(
         accelerator=accelerator, optimizer=optimizer,
-        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none",
-                                          weight=torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None),
+        loss_fn=multilabel.MultiLabelLoss(torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None,
+                                          o.label_smoothing)
+        if multi else torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing, reduction="none",
+                                                weight=torch.tensor(class_weight, device=accelerator.device) if o.balance == "loss" else None),
         apply_lr=lambda optimizer, step: set_lr(optimizer, lr_factor(step, **schedule) * plateau.multiplier,
                                                 backbone_warmup_factor(step, backbone_warmup_steps)),
         clip_grad=o.clip_grad, aux_loss_weight=cfg.model.aux_loss_weight, ema=ema, log_every=cfg.run.log_every,
-        batch_mix=batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
+        batch_mix=multilabel.batch_mix(mixup=cfg.data.mixup, cutmix=cfg.data.cutmix) if multi else
+        batch_mix(num_classes=len(data.class_names), mixup=cfg.data.mixup, cutmix=cfg.data.cutmix),
+        hits=multilabel.exact_hits if multi else None,
         augment=gpu_augment.DeviceAugment(size=size, mean=mean, std=std, seed=cfg.run.seed, scale=(cfg.data.crop_scale_min, 1.0))
         if on_device else DeviceNormalize(mean, std, channels_last=fast["channels_last"]) if pixels_only else None,
         guard=LossGuard(accelerator.device, nonfinite_hint(cfg, accelerator.mixed_precision)),
     )
 
     meta = report.checkpoint_meta(cfg, info, data.class_names, strategy, mean, std, resize)
+    evaluate_split = multilabel.evaluate if multi else evaluate
     progress = TrainingProgress()
     resumed = state.load_training_state(accelerator, candidates) if candidates else None
     if resumed:
@@ -208,7 +219,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
             ctx.guard.check(accelerator, epoch)
             if result.metrics is None:
                 raise stop.stopped(state.state_root(out))
-            val = evaluate(model, cache.val_batches() if cache else val_loader, accelerator, forward=cache.forward if cache else None)
+            val = evaluate_split(model, cache.val_batches() if cache else val_loader, accelerator, forward=cache.forward if cache else None)
+            if multi:  # each class's F1-best threshold on val, kept in the checkpoint with the weights it fits
+                meta.update(task="multilabel", thresholds=val.pop("thresholds"))
             metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **val, **fast}
             for split in ("train", "val"):  # reduced counts: every rank raises together
                 if not metrics[f"{split}_count"]:  # else its loss and accuracy would read 0 and a 0 loss would win
@@ -220,7 +233,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 raise TLError(f"--strict: {unreadable} unreadable image(s) in epoch {epoch + 1} (each named in a warning above)",
                               "fix or remove them (`tl check-data` lists them all), or drop --strict to leave them out")
             if ema is not None:
-                metrics.update(evaluate(ema, val_loader, accelerator, prefix="ema_val"))
+                metrics.update(evaluate_split(ema, val_loader, accelerator, prefix="ema_val"))
+                ema_thresholds = metrics.pop("thresholds", None)
             for key in ("val_loss", "ema_val_loss"):  # the last step's update can leave the weights nan (gathered: all ranks)
                 if not math.isfinite(metrics.get(key, 0.0)):
                     raise TLError(f"{key} is {metrics[key]} after epoch {epoch + 1}: the weights went non-finite; "
@@ -239,7 +253,8 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 if improved:
                     checkpoint.save_checkpoint(out / "best", unwrapped, {**meta, "epoch": epoch + 1, "metrics": metrics})
                 if ema is not None:
-                    checkpoint.save_checkpoint(out / "ema", ema.module, {**meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema})
+                    checkpoint.save_checkpoint(out / "ema", ema.module, {**meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema,
+                                                                         **({"thresholds": ema_thresholds} if multi else {})})
 
             state.main_process_writes(accelerator, save_epoch, out)
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
@@ -259,7 +274,9 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
         from tl.inference.calibration import calibrate_checkpoint
         from tl.viz.curves import write_curves_if_available
 
-        if best:  # temperature scaling on val, where it shows it helps: predict-dir's probabilities mean what they say
+        if best and multi:
+            log.info("calibration: not for multi-label models (each class has its own threshold, fit on val)")
+        elif best:  # temperature scaling on val, where it shows it helps: predict-dir's probabilities mean what they say
             cal = calibrate_checkpoint(out / "best", data.val, batch_size=cfg.data.batch_size, device=accelerator.device)
             kept = f"T = {cal['temperature']:.3f} kept" if cal["kept"] else "T = 1"
             log.info(f"calibration: {kept}: {cal['reason']}")
@@ -276,7 +293,7 @@ def selection_key(metrics: dict[str, Any], select_by: str) -> tuple[float, ...]:
     """Larger is better: the --select-by metric, then val top-1 and val loss to break ties. A best epoch saved
     before balanced accuracy was recorded counts it as 0."""
     top1, loss = metrics["val_top1"], -metrics["val_loss"]
-    return {"val_top1": (top1, loss), "val_loss": (loss, top1),
+    return {"val_top1": (top1, loss), "val_loss": (loss, top1), "val_map": (metrics.get("val_map", 0.0), loss),
             "val_balanced_accuracy": (metrics.get("val_balanced_accuracy", 0.0), top1, loss)}[select_by]
 
 

@@ -102,7 +102,8 @@ def show_batch(dataset, class_names: list[str], *, n: int, seed: int, mean: Sequ
         tensor, label, readable = dataset[index]
         if readable:
             images.append(to_image(tensor, mean, std))
-            titles.append(class_names[label])
+            multi = getattr(label, "ndim", 0) == 1  # a multi-label 0/1 vector: every class present
+            titles.append(";".join(class_names[c] for c in label.nonzero().flatten().tolist()) or "(none)" if multi else class_names[label])
         if len(images) == n:
             break
     if not images:
@@ -121,6 +122,8 @@ def show_batch_command(
     image_column: flags.ImageColumn = None,
     label_column: flags.LabelColumn = None,
     caltech_background: flags.CaltechBackground = False,
+    labels: flags.Labels = None,
+    label_sep: flags.LabelSep = None,
     arch: Arch = "resnet18",
     image_size: ImageSize = None,
     augment: Annotated[Augment, typer.Option(help="Training augmentation preset (as tl train --augment).", rich_help_panel=flags.DATA)] = Augment("basic"),
@@ -145,7 +148,7 @@ def show_batch_command(
         raise TLError("--n: must be at least 1", "e.g. --n 16")
     cfg = flags.data_config(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
                             download=download, image_column=image_column, label_column=label_column,
-                            caltech_background=caltech_background, batch_size=n, num_workers=0)
+                            caltech_background=caltech_background, batch_size=n, num_workers=0, labels=labels, label_sep=label_sep)
     cfg = dataclasses.replace(cfg, image_size=image_size, augment=augment.value, crop_scale_min=crop_scale_min)
     size, resize = input_sizes(cfg, arch)
     tf = dict(size=size, resize=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -262,6 +265,9 @@ def show_predictions_command(
         raise TLError("--n: must be at least 1", "e.g. --n 16")
     check_checkpoint_path(checkpoint)
     predictor = load_predictor(checkpoint)
+    if predictor.thresholds is not None:  # titled "pred X | true Y": one class each
+        raise TLError("tl show-predictions titles one predicted and one true class: this is a multi-label checkpoint",
+                      "tl predict-dir writes each image's labels; tl show-batch --labels shows every given label")
     if dataset is None:
         data, _ = load_split(checkpoint, split, data_dir=data_dir)
         source = f"the run's {split.value} split"
