@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -20,15 +21,17 @@ from tl.errors import TLError
 
 def check_out(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, list[Path], bool]:
     """(cfg, the states to resume from, whether --out holds a finished run): a finished run is replaced only when asked."""
-    from tl.training import state
+    from tl.training import recipe, state
 
     candidates = state.resolve_resume(cfg.run.resume, out)
     finished_run = (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0
     if finished_run and not candidates and not cfg.run.overwrite:
         raise TLError(f"--out: {out} already holds a run",
                       "continue it with --resume auto, choose another --out, or pass --overwrite to replace it")
-    if candidates:  # a resumed run keeps the precision it started with
+    if candidates:  # a resumed run keeps the precision it started with, and what its recipe chose
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mixed_precision=state.recorded_precision(out, cfg.run.mixed_precision)))
+        if (out / "config.json").is_file():
+            cfg = recipe.recorded(cfg, json.loads((out / "config.json").read_text()))
     return cfg, candidates, finished_run
 
 
@@ -60,11 +63,13 @@ class Data:
     manifest: Path
     listing: Path
     replacing: bool
+    recipe: dict[str, Any]  # what the default recipe chose: options no flag set (tl.training.recipe)
 
 
 def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path], finished_run: bool,
-                 expect_fingerprint: str | None) -> Data:
-    """Datasets with their transforms, decoded into memory when they fit; a resumed run must read the same data."""
+                 expect_fingerprint: str | None) -> tuple[TrainConfig, Data]:
+    """Datasets with their transforms, decoded into memory when they fit; a resumed run must read the same data. The
+    default recipe sees the data here and fills the options no flag set: the returned config holds its choices."""
     from tl import runtime
     from tl.data import gpu_augment, image_cache, splits
     from tl.data.datasets import EpochSeeded, build_datasets
@@ -72,19 +77,13 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     from tl.data.transforms import eval_transform, train_pixels, train_transform
     from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes
     from tl.progress import log
-    from tl.training import state
+    from tl.training import recipe, state
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
                                synthetic_size=cfg.data.synthetic_size, cut_at=cfg.model.cut_at)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
-    on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
-    # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
-    pixels_only = not on_device and cfg.data.augment != "none"
-    train_tf = (gpu_augment.uint8_images() if on_device else
-                train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
-                train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
         # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files may
         # have changed since. The new listing is written beside it and takes its place when the run starts writing
@@ -97,7 +96,17 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
         if accelerator.is_main_process and stale.exists():
             with contextlib.suppress(OSError):  # a read-only --out says so once, where the run first writes
                 stale.unlink()
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=None)
+    cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train), input_size=size,
+                                     photo_side=recipe.photo_side(data.train, cfg.run.seed) if recipe.wants_photo_side(cfg) else None)
+    if line:
+        log.info(line)
+    on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
+    # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
+    pixels_only = not on_device and cfg.data.augment != "none"
+    data.train.transform = (gpu_augment.uint8_images() if on_device else
+                            train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
+                            train_transform(**tf, augment="none"))
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
@@ -106,7 +115,7 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
         state.check_same_run(out, cfg.to_dict(), data.class_names)
     if expect_fingerprint and expect_fingerprint != data.fingerprint:
         log.warning(f"warning: the data differ from the original run ({data.fingerprint} != {expect_fingerprint})")
-    return Data(data, size, resize, mean, std, on_device, pixels_only, cached_bytes, manifest, listing, replacing)
+    return cfg, Data(data, size, resize, mean, std, on_device, pixels_only, cached_bytes, manifest, listing, replacing, chosen)
 
 
 @dataclasses.dataclass
@@ -245,7 +254,7 @@ def start_files(cfg: TrainConfig, accelerator, out: Path, data: Data, built: Bui
                 finished_run: bool) -> None:
     """--out's config.json and an empty metrics.jsonl (a resumed run keeps the lines of its finished epochs); trackers."""
     from tl.progress import log
-    from tl.training import report, setup, state
+    from tl.training import recipe, report, setup, state
 
     def write() -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +267,8 @@ def start_files(cfg: TrainConfig, accelerator, out: Path, data: Data, built: Bui
                 if not finished_run:
                     log.info(f"data: {data.manifest} of an earlier attempt that finished no epoch is replaced by a new listing")
             report.write_config(out / "config.json", cfg, data.bundle, accelerator, strategy=built.strategy,
-                                 backbone_lr_mult=built.backbone_lr_mult, image_size=data.size, **built.fast)
+                                 backbone_lr_mult=built.backbone_lr_mult, image_size=data.size, **built.fast,
+                                 recipe={"version": recipe.VERSION, "chosen": data.recipe})
             (out / "metrics.jsonl").write_text("")
 
     state.main_process_writes(accelerator, write, out)  # a read-only --out: one line on every process
