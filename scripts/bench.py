@@ -38,9 +38,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # tl from this checkout (installed or not), and scripts/benchmarks
 
-from benchmarks import gpu, loader, predict, train
+from benchmarks import gpu, loader, predict, recipe, train
 
-BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu}
+BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu, "recipe": recipe}
 
 
 def bench_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
