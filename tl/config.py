@@ -47,7 +47,7 @@ class DataConfig:
     data_dir: str | None = None
     image_size: int | None = None  # None: the architecture's pretrained input size
     augment: str = "basic"
-    crop_scale_min: float | None = None  # None: the default recipe's, by photo size (tl.training.recipe)
+    crop_scale_min: float = 0.25
     mixup: float = 0.0  # alpha; 0: off
     cutmix: float = 0.0
     val_fraction: float | None = None  # None: the dataset's usual share (see ``fraction``)
@@ -75,7 +75,7 @@ class DataConfig:
                      "point it at a folder with train/<class>/ and val/<class>/ sub-folders")
         _choice(self.augment, "--augment", AUGMENTS)
         _require(self.image_size is None or self.image_size >= 8, "--image-size", "must be at least 8")
-        _require(self.crop_scale_min is None or 0.0 < self.crop_scale_min <= 1.0, "--crop-scale-min", "must be in (0, 1]")
+        _require(0.0 < self.crop_scale_min <= 1.0, "--crop-scale-min", "must be in (0, 1]")
         _require(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix", "alphas must be >= 0")
         _require(self.val_fraction is None or 0.0 < self.val_fraction < 1.0, "--val-fraction", "must be in (0, 1)")
         _require(self.test_fraction is None or 0.0 <= self.test_fraction < 1.0, "--test-fraction", "must be in [0, 1)")

@@ -4,7 +4,7 @@ fine-tuning loop, each a whole program (from the shell prompt to exit) on the sa
 interleaved set by set. Prints val top-1 and seconds for each; fastai is skipped, with a line saying so, when
 ``--fastai-python`` has no fastai.
 
-``--subsets`` adds the subsets the README reports, built from the first ``--images`` folder with symlinks: 20
+``--subsets [NAME ...]`` adds the subsets the README reports, built from the first ``--images`` folder with symlinks: 20
 train images per class, an unbalanced set (100 of the first class, 20 of the second) and every photo shrunk to
 128 px (the small-photo case); val stays whole.
 """
@@ -25,12 +25,13 @@ from benchmarks.common import machine_info, scratch_dir, train_images
 HELP = "tl train's default recipe vs fastai's fine_tune and the tutorial loop (val top-1, whole-process seconds)"
 HERE = Path(__file__).resolve().parent
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+SUBSETS = ("20-per-class", "unbalanced", "128px")
 
 
 def add_arguments(recipe: argparse.ArgumentParser) -> None:
     recipe.add_argument("--images", type=Path, nargs="+", help="folders with train/<class>/ and val/<class>/ (default: generated images)")
     recipe.add_argument("--per-class", type=int, default=24, help="generated images per class when --images is not given")
-    recipe.add_argument("--subsets", action="store_true", help="also the 20-per-class, unbalanced and 128 px subsets of the first --images")
+    recipe.add_argument("--subsets", nargs="*", choices=SUBSETS, help="also these subsets of the first --images (no name: all)")
     recipe.add_argument("--arch", default="squeezenet1_0", help="the architecture of all three (fastai's script: squeezenet1_0)")
     recipe.add_argument("--weights", default="none", help="an ImageNet weight file (torchvision state dict) for all three")
     recipe.add_argument("--seed", type=int, default=0)
@@ -113,8 +114,10 @@ def run(args: argparse.Namespace) -> dict:
     scratch = scratch_dir()
     folders = args.images or [train_images(argparse.Namespace(images=None, per_class=args.per_class))]
     sets = {folder.name: folder for folder in folders}
-    if args.subsets:
-        sets.update({f"{folders[0].name}/{name}": path for name, path in make_subsets(folders[0], scratch / "subsets").items()})
+    if args.subsets is not None:
+        wanted = args.subsets or SUBSETS
+        sets.update({f"{folders[0].name}/{name}": path for name, path in make_subsets(folders[0], scratch / "subsets").items()
+                     if name in wanted})
     tools = [tool for tool in ("tl", "fastai", "tutorial") if tool not in args.skip]
     if "fastai" in tools and not has_fastai(args.fastai_python):
         print(f"fastai: not installed for {args.fastai_python}; skipped (pip install fastai, or --fastai-python PATH)", file=sys.stderr)

@@ -52,7 +52,7 @@ def command(
     augment: Annotated[Augment, typer.Option(help="basic: random resized crop + flip; strong: + rotation, colour jitter; trivial: + TrivialAugmentWide; none.", rich_help_panel=DATA)] = Augment(DataConfig.augment),
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).", rich_help_panel=DATA)] = DataConfig.mixup,
     cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).", rich_help_panel=DATA)] = DataConfig.cutmix,
-    crop_scale_min: Annotated[Optional[float], typer.Option(help="Smallest area share of the random resized crop; default: the recipe's (0.35, or 0.5 for photos smaller than the input).", rich_help_panel=DATA, show_default=False)] = DataConfig.crop_scale_min,
+    crop_scale_min: Annotated[float, typer.Option(help="Smallest area share of the random resized crop.", rich_help_panel=DATA)] = DataConfig.crop_scale_min,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share held out for validation where the data has no val split (default: 0.2; cifar10 0.1; caltech101 0.25).", rich_help_panel=DATA)] = DataConfig.val_fraction,
     test_fraction: Annotated[Optional[float], typer.Option(help="Share held out for testing where tl makes the split (default: caltech101 0.25, else none).", rich_help_panel=DATA)] = DataConfig.test_fraction,
     download: flags.Download = DataConfig.download,

@@ -70,7 +70,10 @@ def one_epoch(cfg: TrainConfig, accelerator, out: Path, data: Data, built: Built
     ctx.guard.check(accelerator, epoch)
     if result.metrics is None:
         raise stop.stopped(state.state_root(out))
-    val = evaluate(model, cache.val_batches() if cache else parts.val_loader, accelerator, forward=cache.forward if cache else None)
+    kept: list = []  # this epoch's val logits: if it is the best, calibration needs no pass of its own
+    val = evaluate(model, cache.val_batches() if cache else parts.val_loader, accelerator, forward=cache.forward if cache else None,
+                   keep=kept)
+    parts.epoch_val_logits = kept
     metrics = {"epoch": epoch + 1, "step": step, **result.metrics, **val, **built.fast}
     check_epoch(cfg, accelerator, parts, metrics, epoch)
     return metrics, step
@@ -118,6 +121,8 @@ def end_epoch(cfg: TrainConfig, accelerator, out: Path, built: Built, parts: Par
         if parts.ema is not None:
             checkpoint.save_checkpoint(out / "ema", parts.ema.module, {**parts.meta, "epoch": epoch + 1, "metrics": metrics, "ema": cfg.optim.ema})
 
+    if improved:
+        parts.best_val_logits = parts.epoch_val_logits
     state.main_process_writes(accelerator, save_epoch, out)
     accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
     save_state(cfg, accelerator, out, parts, progress, epoch + 1, 0, step, torch.zeros(4, dtype=torch.float64, device=accelerator.device))
@@ -136,17 +141,23 @@ def should_stop(cfg: TrainConfig, parts: Parts, metrics: dict[str, Any], best: d
     return False
 
 
-def finish(cfg: TrainConfig, accelerator, out: Path, data: Data, best: dict[str, Any], *, seconds: float) -> None:
+def finish(cfg: TrainConfig, accelerator, out: Path, data: Data, parts: Parts, best: dict[str, Any], *, seconds: float) -> None:
     """Calibrate best/ on val, draw the curves, end the trackers, print the summary."""
     from tl.progress import log
     from tl.training import report, state
 
     def finish_files() -> None:
-        from tl.inference.calibration import calibrate_checkpoint
+        import torch
+
+        from tl.inference.calibration import calibrate_checkpoint, calibrate_logits
         from tl.viz.curves import write_curves_if_available
 
         if best:  # temperature scaling on val, where it shows it helps: predict-dir's probabilities mean what they say
-            cal = calibrate_checkpoint(out / "best", data.bundle.val, batch_size=cfg.data.batch_size, device=accelerator.device)
+            if parts.best_val_logits:  # the best epoch's own evaluation: no second pass over val
+                logits, labels = (torch.cat(t) for t in zip(*parts.best_val_logits))
+                cal = calibrate_logits(out / "best", logits, labels)
+            else:  # a run resumed after its best epoch
+                cal = calibrate_checkpoint(out / "best", data.bundle.val, batch_size=cfg.data.batch_size, device=accelerator.device)
             kept = f"T = {cal['temperature']:.3f} kept" if cal["kept"] else "T = 1"
             log.info(f"calibration: {kept}: {cal['reason']}")
         write_curves_if_available(out)  # RUN/curves.png with the tl[viz] extra; nothing, silently, without it

@@ -44,5 +44,5 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 break
     finally:
         stop.uninstall()
-    finish(cfg, accelerator, out, data, best, seconds=time.perf_counter() - start_time)
+    finish(cfg, accelerator, out, data, parts, best, seconds=time.perf_counter() - start_time)
     return best

@@ -84,6 +84,12 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
                                synthetic_size=cfg.data.synthetic_size, cut_at=cfg.model.cut_at)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
     tf = dict(size=size, resize=resize, mean=mean, std=std)
+    on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
+    # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
+    pixels_only = not on_device and cfg.data.augment != "none"
+    train_tf = (gpu_augment.uint8_images() if on_device else
+                train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
+                train_transform(**tf, augment="none"))
     with accelerator.main_process_first():
         # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files may
         # have changed since. The new listing is written beside it and takes its place when the run starts writing
@@ -96,17 +102,10 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
         if accelerator.is_main_process and stale.exists():
             with contextlib.suppress(OSError):  # a read-only --out says so once, where the run first writes
                 stale.unlink()
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=None)
-    cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train), input_size=size,
-                                     photo_side=recipe.photo_side(data.train, cfg.run.seed) if recipe.wants_photo_side(cfg) else None)
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
+    cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train))  # what no option set, by the data's size
     if line:
         log.info(line)
-    on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
-    # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
-    pixels_only = not on_device and cfg.data.augment != "none"
-    data.train.transform = (gpu_augment.uint8_images() if on_device else
-                            train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
-                            train_transform(**tf, augment="none"))
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
@@ -173,6 +172,8 @@ class Parts:
     cache: Any  # tl.training.feature_cache.FeatureCache | None
     workers: int
     meta: dict[str, Any]
+    epoch_val_logits: Any = None  # [(logits, labels) per batch] of the last evaluation
+    best_val_logits: Any = None  # the same of the best epoch's, for calibration
 
 
 def prepare_training(cfg: TrainConfig, accelerator, data: Data, built: Built, candidates: list[Path]) -> Parts:
