@@ -10,6 +10,10 @@
     .venv/bin/python scripts/bench.py train --images hymenoptera_data --weights squeezenet1_0.safetensors
     .venv/bin/python scripts/bench.py train --strategy linear --epochs 3 ...   # the feature cache
     .venv/bin/python scripts/bench.py all                           # each of them with its defaults
+    .venv/bin/python scripts/bench.py recipe --images hymenoptera_data --subsets --weights W --fastai-python PY
+
+``recipe`` runs ``tl train``'s default recipe, fastai's ``fine_tune(2)`` (when installed) and the tutorial's loop
+as whole programs on the same folders and weights: val top-1 and seconds (``scripts/benchmarks/recipe.py``).
 
 ``train`` times ``tl train``'s code path (``tl.train.run``: its default fast paths, timed by its own
 ``train_seconds``) against the tutorials' loop (``ImageFolder`` + PIL transforms + ``DataLoader`` + a plain

@@ -15,7 +15,7 @@ TINY_NO_RECIPE_FLAGS = ("--arch", "mobilenet_v3_small", "--weights", "none", "--
                         "--log-every", "1000")
 
 
-@pytest.mark.parametrize("images, epochs, batch", [(40, 5, 16), (999, 5, 16), (1000, 4, 32), (9999, 4, 32), (10000, 3, 32), (50000, 3, 32)])
+@pytest.mark.parametrize("images, epochs, batch", [(40, 3, 16), (999, 3, 16), (1000, 4, 32), (9999, 4, 32), (10000, 3, 32), (50000, 3, 32)])
 def test_choices_by_data_size(images, epochs, batch):
     assert recipe.choose(images) == {"epochs": epochs, "batch_size": batch}
 
@@ -23,8 +23,8 @@ def test_choices_by_data_size(images, epochs, batch):
 def test_only_what_no_option_set_is_chosen_and_the_line_says_which():
     cfg = to_config(resolve({"dataset": "synthetic", "batch_size": 8}))
     filled, chosen, line = recipe.apply(cfg, train_images=300)
-    assert filled.data.batch_size == 8 and chosen == {"epochs": 5} and filled.run.epochs == 5  # explicit wins
-    assert line == f"recipe {recipe.VERSION}: 300 train images: 5 epochs (set --epochs to choose)"
+    assert filled.data.batch_size == 8 and chosen == {"epochs": 3} and filled.run.epochs == 3  # explicit wins
+    assert line == f"recipe {recipe.VERSION}: 300 train images: 3 epochs (set --epochs to choose)"
     explicit = to_config(resolve({"dataset": "synthetic", "batch_size": 8, "epochs": 2}))
     assert recipe.apply(explicit, train_images=300) == (explicit, {}, "")
 
@@ -53,10 +53,10 @@ def test_train_records_the_recipe_and_reproduce_keeps_an_older_one(tmp_path):
     result = cli("train", *TINY_NO_RECIPE_FLAGS, "--data-dir", data, "--batch-size", "4", "--out", out)
     assert result.exit_code == 0, result.output + repr(result.exception)
     record = json.loads((out / "config.json").read_text())
-    # 8 train images: 5 epochs; --batch-size as given
-    assert record["resolved"]["recipe"] == {"version": recipe.VERSION, "chosen": {"epochs": 5}}
-    assert (record["config"]["run"]["epochs"], record["config"]["data"]["batch_size"]) == (5, 4)
-    assert len(read_metrics(out)) == 5
+    # 8 train images: 3 epochs; --batch-size as given
+    assert record["resolved"]["recipe"] == {"version": recipe.VERSION, "chosen": {"epochs": 3}}
+    assert (record["config"]["run"]["epochs"], record["config"]["data"]["batch_size"]) == (3, 4)
+    assert len(read_metrics(out)) == 3
 
     # The same run as an older tl recorded it: no recipe, and options that version did not write (or were fixed)
     del record["resolved"]["recipe"]

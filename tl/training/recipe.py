@@ -7,10 +7,11 @@ what was chosen; a config.json written before this recipe existed (no version) m
 (``FIXED_DEFAULTS``), which ``recorded`` puts back.
 
 Why by data size (README, "Default recipe"; bees/ants and its subsets, ImageNet squeezenet1_0): the fixed 10 epochs
-took three times fastai's ``fine_tune(2)`` for no accuracy a few epochs do not reach. A set of a few hundred images
-gets 5 epochs of batches of 16 (at 32, 40 images made one step an epoch); thousands get 4 epochs of 32; tens of
-thousands 3, each epoch being long. Measured and not taken: milder crops (from 50% of the image, -1.3 points on
-128 px photos, within noise) and batch 16 on 120 images (no change).
+took three times fastai's ``fine_tune(2)``, and 5 epochs still took longer than fastai on bees/ants and on 40
+images, for the best epoch's 1-2 points. A set under 1,000 images gets 3 epochs of batches of 16 (at 32, 40 images
+made one step an epoch; on bees/ants batch 16 gave +0.7 points); thousands get 4 epochs of 32 (where the issue's
+flower set lost to fastai at 3); tens of thousands 3, each epoch being long. Measured and not taken: milder crops
+(from 50% of the image: -1.3 points on 128 px photos, within noise).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SMALL_SET, LARGE_SET = 1000, 10000  # train images
 def choose(train_images: int) -> dict[str, Any]:
     """The recipe's value of each option in ``CHOSEN`` for a training set of ``train_images`` images."""
     small, large = train_images < SMALL_SET, train_images >= LARGE_SET
-    return {"epochs": 5 if small else 3 if large else 4, "batch_size": 16 if small else 32}
+    return {"epochs": 3 if small or large else 4, "batch_size": 16 if small else 32}
 
 
 def apply(cfg: TrainConfig, *, train_images: int) -> tuple[TrainConfig, dict[str, Any], str]:
