@@ -10,6 +10,10 @@
     .venv/bin/python scripts/bench.py train --images hymenoptera_data --weights squeezenet1_0.safetensors
     .venv/bin/python scripts/bench.py train --strategy linear --epochs 3 ...   # the feature cache
     .venv/bin/python scripts/bench.py all                           # each of them with its defaults
+    .venv/bin/python scripts/bench.py recipe --images hymenoptera_data --subsets --weights W --fastai-python PY
+
+``recipe`` runs ``tl train``'s default recipe, fastai's ``fine_tune(2)`` (when installed) and the tutorial's loop
+as whole programs on the same folders and weights: val top-1 and seconds (``scripts/benchmarks/recipe.py``).
 
     .venv/bin/python scripts/bench.py scale --checkpoint RUN/best   # predict-dir over 1,000,000 files (hard links)
 
@@ -40,9 +44,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # tl from this checkout (installed or not), and scripts/benchmarks
 
-from benchmarks import gpu, loader, predict, scale, train
+from benchmarks import gpu, loader, predict, recipe, scale, train
 
-BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu, "scale": scale}
+BENCHES = {"predict": predict, "loader": loader, "train": train, "gpu": gpu, "scale": scale, "recipe": recipe}
 
 
 def bench_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

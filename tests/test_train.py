@@ -187,3 +187,13 @@ def test_a_plateau_state_recorded_under_val_top1_resumes_watching_val_loss():
     same = Plateau(**old_state)
     same.watch("val_top1", 0.5)  # the metric it recorded: kept as it was
     assert same.best == 0.85
+
+
+def test_calibration_reuses_the_best_epochs_own_val_logits(synthetic_run):
+    """The temperature is decided on the logits the best epoch was evaluated with (no second pass over val): its
+    NLL at T = 1 is that epoch's val loss."""
+    out, _ = synthetic_run
+    best = max(read_metrics(out), key=lambda m: (m["val_top1"], -m["val_loss"]))
+    record = read_meta(out / "best")["calibration"]
+    assert record["count"] == best["val_count"] and record["logits_from"] == "the best epoch's evaluation"
+    assert record["nll_before"] == pytest.approx(best["val_loss"], rel=1e-5)

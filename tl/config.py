@@ -58,7 +58,7 @@ class DataConfig:
     label_column: str | None = None
     caltech_background: bool = False
     strict: bool = False  # an unreadable image is an error instead of being left out and counted
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the default recipe's, by data size (tl.training.recipe)
     num_workers: int = -1  # -1: pick from the CPUs this process has
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -89,7 +89,7 @@ class DataConfig:
         _require(self.val_fraction is None or 0.0 < self.val_fraction < 1.0, "--val-fraction", "must be in (0, 1)")
         _require(self.test_fraction is None or 0.0 <= self.test_fraction < 1.0, "--test-fraction", "must be in [0, 1)")
         _require(self.fraction("val") + self.fraction("test") < 1.0, "--val-fraction", "val and test together must leave images to train on")
-        _require(self.batch_size >= 1, "--batch-size", "must be at least 1")
+        _require(self.batch_size is None or self.batch_size >= 1, "--batch-size", "must be at least 1")
         _require(self.num_workers >= -1, "--num-workers", "must be >= 0 (or -1 for automatic)")
         _require(self.synthetic_classes >= 2, "--synthetic-classes", "must be at least 2")
         _require(self.synthetic_per_class >= 2, "--synthetic-per-class", "must be at least 2")
@@ -204,7 +204,7 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     out: str = "runs/latest"
-    epochs: int = 10
+    epochs: int | None = None  # None: the default recipe's, by data size (tl.training.recipe)
     seed: int = 0
     # auto: bf16 where the device computes it natively, fp16 + grad scaler on GPUs without bf16, else fp32;
     # under `accelerate launch` its --mixed_precision decides. None (older config.json files): accelerate's.
@@ -222,7 +222,7 @@ class RunConfig:
     keep_states: int = 2
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "--epochs", "must be at least 1")
+        _require(self.epochs is None or self.epochs >= 1, "--epochs", "must be at least 1")
         if self.mixed_precision is not None:
             _choice(self.mixed_precision, "--mixed-precision", PRECISIONS)
         _require(self.early_stop_patience >= 0, "--early-stop-patience", "must be >= 0")
@@ -249,7 +249,7 @@ class TrainConfig:
             custom = ":" in self.model.arch or self.data.dataset == "synthetic"
             self.model.weights = "none" if custom else "DEFAULT"
         _require(
-            self.finetune.strategy != "gradual" or self.finetune.unfreeze_epoch < self.run.epochs,
+            self.finetune.strategy != "gradual" or self.run.epochs is None or self.finetune.unfreeze_epoch < self.run.epochs,
             "--unfreeze-epoch",
             f"must be below --epochs ({self.run.epochs}) for the backbone to train at all",
         )

@@ -79,6 +79,48 @@ def tutorial_train(images: Path, args: argparse.Namespace, workers: int) -> dict
     return {"images_per_s": count / seconds, "seconds": seconds, "peak_mb": memory.peak_mb}
 
 
+def model_ceiling(args: argparse.Namespace, steps: int) -> dict:
+    """The model-bound ceiling: ``steps`` optimizer steps (forward, backward, AdamW) of the same model, batch, input
+    size, precision and memory format as tl's run, on one batch of tensors already in memory: what an epoch would
+    reach if data cost nothing. tl's epoch against it is the share of the machine that training gets."""
+    import torch
+    from torch import nn
+
+    from tl import runtime
+    from tl.models import fastpaths
+    from tl.models.architectures import build_model
+    from tl.models.heads import HeadSpec
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model, _ = build_model(args.arch, 2, weights="none", head=HeadSpec(), image_size=args.size)
+    channels_last = fastpaths.apply_channels_last(model, not args.no_channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.resolve_precision(args.precision, on_gpu=cuda) or "no")
+    model.to(device).train()
+    images = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    labels = torch.randint(0, 2, (args.batch_size,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # first-call set-up (oneDNN primitives, allocator) is not the model's speed
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"images_per_s": steps * args.batch_size / seconds, "seconds": seconds, "peak_mb": 0.0}
+
+
 def tl_train(images: Path, args: argparse.Namespace, workers: int, out: Path) -> dict:
     """``tl train`` as the command runs it (``tl.train.run``); its own epoch timers give the training time."""
     from tl.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
@@ -121,14 +163,23 @@ def run(args: argparse.Namespace) -> dict:
     baseline, candidate = "tutorial loop", "tl train"
     runs: dict[str, list[dict]] = {baseline: [], candidate: []}
     load_before = os.getloadavg()
+    ceiling_name = "model ceiling (tensors in memory)"  # full training only: a linear probe's ceiling is another model
+    if args.strategy == "full":
+        runs[ceiling_name] = []
+    steps = max(4, sum(1 for _ in (images / "train").rglob("*.*")) // args.batch_size)  # about one epoch's steps
     for repeat in range(args.repeats):
-        for name in [baseline, candidate][:: 1 if repeat % 2 == 0 else -1]:
-            result = tutorial_train(images, args, workers) if name == baseline else tl_train(images, args, workers, scratch / f"run{repeat}")
+        for name in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
+            result = (tutorial_train(images, args, workers) if name == baseline else model_ceiling(args, steps) if name == ceiling_name
+                      else tl_train(images, args, workers, scratch / f"run{repeat}"))
             runs[name].append(result)
             print(f"repeat {repeat + 1}/{args.repeats}: {name} {result['images_per_s']:.1f} img/s ({result['seconds']:.1f}s)", file=sys.stderr)
     title = (f"train ({args.strategy}): {args.arch} at {args.size} px, batch {args.batch_size}, {args.epochs} epoch(s), "
              f"{workers} workers, {images}")
     summary = report_table(title, runs, baseline=baseline, candidate=candidate)
+    if ceiling_name in runs:
+        share = summary["medians"][candidate]["images_per_s"] / summary["medians"][ceiling_name]["images_per_s"]
+        summary["share_of_ceiling"] = share
+        print(f"tl train's epoch ran at {share:.0%} of the model-bound ceiling (medians)", file=sys.stderr)
     return {"bench": "train", "images": str(images), "arch": args.arch, "weights": args.weights, "strategy": args.strategy,
             "size": args.size, "batch_size": args.batch_size, "epochs": args.epochs, "num_workers": workers,
             "repeats": args.repeats, "runs": runs, **summary,

@@ -135,11 +135,20 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data, *, batch_size: int = 
     """
     from torch.utils.data import DataLoader, Dataset
 
-    from tl.models.checkpoint import load_checkpoint, update_meta
+    from tl.models.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint_dir)
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers) if isinstance(data, Dataset) else data
     logits, labels, _ = collect_logits(model.to(device), loader, device)
-    record = decide_temperature(logits, labels)
+    return calibrate_logits(checkpoint_dir, logits, labels, source="a pass over the validation images")
+
+
+def calibrate_logits(checkpoint_dir: str | Path, logits: torch.Tensor, labels: torch.Tensor, *,
+                     source: str = "the best epoch's evaluation") -> dict[str, Any]:
+    """``calibrate_checkpoint`` from the checkpoint's validation logits already at hand (training keeps its best
+    epoch's): the same decision, without another pass over the images. ``source`` is recorded with it."""
+    from tl.models.checkpoint import update_meta
+
+    record = {**decide_temperature(logits, labels), "logits_from": source}
     update_meta(checkpoint_dir, temperature=record["temperature"], calibration=record)
     return record

@@ -195,9 +195,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str = "val",
-             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None, keep: list | None = None) -> dict:
     """Loss, top-1, top-5 and balanced accuracy over the whole split. ``gather_for_metrics`` on every batch drops
-    the samples the distributed sampler padded in, so each image counts exactly once whatever the world size."""
+    the samples the distributed sampler padded in, so each image counts exactly once whatever the world size.
+    ``keep``: a list that receives each batch's readable (logits, labels) on the CPU (calibration reuses them)."""
     model.eval()  # the caller puts it back into (strategy-aware) train mode at the next epoch
     sums = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, top-1, top-5, n, unreadable
     per_class = None  # (hits, count) per true class, for balanced accuracy
@@ -206,6 +207,8 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, *, prefix: str 
         logits = split_outputs(forward(images))[0]
         logits, labels, readable = accelerator.gather_for_metrics((logits, labels, readable))
         logits, weight = logits.float(), readable.to(torch.float32)
+        if keep is not None:
+            keep.append((logits[readable.bool()].cpu(), labels[readable.bool()].cpu()))
         if per_class is None:
             per_class = torch.zeros(2, logits.shape[1], device=logits.device, dtype=torch.float64)
         per_class.index_add_(1, labels, torch.stack([(logits.argmax(1) == labels) * weight, weight]).double())

@@ -20,13 +20,14 @@ def command(
     from tl.config import TrainConfig
     from tl.data.splits import MANIFEST, pin
     from tl.entry import stop_codes
+    from tl.training import recipe
     from tl.training.run import run
 
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise TLError(f"no config.json in {run_dir}", "pass the --out folder of a tl train run")
     record = json.loads(config_file.read_text())
-    cfg = TrainConfig.from_dict(record["config"])
+    cfg = recipe.recorded(TrainConfig.from_dict(record["config"]), record)  # an older run: its recipe, not today's
     cfg.run.out = str(out or run_dir / "reproduce")
     cfg.run.resume, cfg.run.overwrite = None, False
     done = Path(cfg.run.out) / "metrics.jsonl"

@@ -1,0 +1,70 @@
+"""The default recipe: its choices by data size, explicit options winning, and older runs keeping theirs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import cli, make_image_folder, read_metrics
+from tl.config import TrainConfig
+from tl.training import recipe
+from tl.training.options import resolve, to_config
+
+TINY_NO_RECIPE_FLAGS = ("--arch", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--num-workers", "0",
+                        "--log-every", "1000")
+
+
+@pytest.mark.parametrize("images, epochs, batch", [(40, 3, 16), (999, 3, 16), (1000, 4, 32), (9999, 4, 32), (10000, 3, 32), (50000, 3, 32)])
+def test_choices_by_data_size(images, epochs, batch):
+    assert recipe.choose(images) == {"epochs": epochs, "batch_size": batch}
+
+
+def test_only_what_no_option_set_is_chosen_and_the_line_says_which():
+    cfg = to_config(resolve({"dataset": "synthetic", "batch_size": 8}))
+    filled, chosen, line = recipe.apply(cfg, train_images=300)
+    assert filled.data.batch_size == 8 and chosen == {"epochs": 3} and filled.run.epochs == 3  # explicit wins
+    assert line == f"recipe {recipe.VERSION}: 300 train images: 3 epochs (set --epochs to choose)"
+    explicit = to_config(resolve({"dataset": "synthetic", "batch_size": 8, "epochs": 2}))
+    assert recipe.apply(explicit, train_images=300) == (explicit, {}, "")
+
+
+def test_a_printed_recipe_leaves_the_choice_to_the_recipe(tmp_path):
+    printed = cli("train", "--dataset", "synthetic", "--print-config")
+    assert printed.exit_code == 0 and "epochs: null" in printed.output and "batch_size: null" in printed.output
+    (tmp_path / "r.yaml").write_text(printed.output)
+    cfg = to_config(resolve({}, tmp_path / "r.yaml"))
+    assert (cfg.run.epochs, cfg.data.batch_size) == (None, None)
+
+
+def test_a_record_without_a_recipe_means_the_old_fixed_defaults():
+    cfg = TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "run": {"epochs": 2}})  # written before the recipe
+    old = recipe.recorded(cfg, {"config": {"run": {"epochs": 2}}, "resolved": {}})
+    assert (old.run.epochs, old.data.batch_size) == (2, 32)
+    assert recipe.recorded(TrainConfig.from_dict({}), {"config": {}}).run.epochs == 10
+    record = {"config": {"run": {"epochs": 4}, "data": {"batch_size": 16}}, "resolved": {"recipe": {"version": 2}}}
+    again = recipe.recorded(TrainConfig.from_dict({"data": {"dataset": "synthetic"}}), record)  # resume: what that run chose
+    assert (again.run.epochs, again.data.batch_size) == (4, 16)
+
+
+def test_train_records_the_recipe_and_reproduce_keeps_an_older_one(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"a": (220, 30, 30), "b": (30, 40, 220)}, 4, size=24, mixed_modes=False)
+    out = tmp_path / "run"
+    result = cli("train", *TINY_NO_RECIPE_FLAGS, "--data-dir", data, "--batch-size", "4", "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    record = json.loads((out / "config.json").read_text())
+    # 8 train images: 3 epochs; --batch-size as given
+    assert record["resolved"]["recipe"] == {"version": recipe.VERSION, "chosen": {"epochs": 3}}
+    assert (record["config"]["run"]["epochs"], record["config"]["data"]["batch_size"]) == (3, 4)
+    assert len(read_metrics(out)) == 3
+
+    # The same run as an older tl recorded it: no recipe, and options that version did not write (or were fixed)
+    del record["resolved"]["recipe"]
+    record["config"]["run"]["epochs"] = 1
+    del record["config"]["data"]["batch_size"]
+    (out / "config.json").write_text(json.dumps(record))
+    result = cli("reproduce", out, "--out", tmp_path / "again")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["config"]["data"]["batch_size"] == 32
+    assert again["resolved"]["recipe"]["chosen"] == {} and len(read_metrics(tmp_path / "again")) == 1
