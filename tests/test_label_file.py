@@ -106,19 +106,21 @@ def test_several_labels_per_cell_and_zero_one_columns_are_multilabel(tmp_path):
     assert not onehot.problems  # an image of none of the classes is fine in a multi-label set
 
 
-def test_iterative_split_keeps_every_class_in_every_split():
+@pytest.mark.parametrize("fractions", [(0.6, 0.2, 0.2), (0.7, 0.15, 0.15), (0.8, 0.1, 0.1)])
+def test_iterative_split_keeps_every_class_in_every_split(fractions):
     import random
 
     rng = random.Random(1)
     labels = [tuple(sorted(rng.sample(range(6), rng.randint(1, 3)))) for _ in range(120)]
     labels += [(6,), (6, 0), (6,), (7, 1), (7,)]  # two rare classes: 3 and 2 images
-    parts = iterative_split(labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    shares = dict(zip(("train", "val", "test"), fractions))
+    parts = iterative_split(labels, shares, seed=0)
     assert sorted(i for part in parts.values() for i in part) == list(range(len(labels)))
     for name, part in parts.items():
         present = {c for i in part for c in labels[i]}
         assert present >= set(range(7)), (name, present)  # class 6 (3 images) reaches every split
     assert {c for i in parts["train"] + parts["val"] for c in labels[i]} >= {7}
-    assert abs(len(parts["val"]) - 25) <= 4 and parts == iterative_split(labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    assert abs(len(parts["val"]) - shares["val"] * len(labels)) <= 4 and parts == iterative_split(labels, shares, seed=0)
 
 
 def test_single_label_csv_trains_the_same_model_as_class_folders(tmp_path):

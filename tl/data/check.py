@@ -122,7 +122,17 @@ class Probes:
             image, label, readable = data[i]
             found = probe_item(image, readable)
             found["key"] = f"{split}[{i}]"
-        return found | {"split": split, "label": label if isinstance(label, tuple) else int(label)}
+        return found | {"split": split, "label": _label_key(label)}
+
+
+def _label_key(label: Any) -> Any:
+    """An int for one class; a tuple of class indices for a multi-label row (a label file's tuple, or the 0/1 vector
+    a Hugging Face Sequence(ClassLabel) row gives)."""
+    if isinstance(label, tuple):
+        return label
+    if getattr(label, "ndim", 0) == 1:
+        return tuple(int(i) for i in label.nonzero().flatten().tolist())
+    return int(label)
 
 
 def _batch_as_list(batch: list) -> list:

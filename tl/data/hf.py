@@ -54,7 +54,8 @@ def class_names(split: Any, label_column: str) -> list[str]:
     feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) / List(ClassLabel): a multi-label column
     if hasattr(feature, "names"):
         return list(feature.names)
-    values = sorted(set(split[label_column]))
+    column = split[label_column]
+    values = sorted({v for row in column for v in row} if is_multilabel(split, label_column) else set(column))
     if not all(isinstance(v, int) for v in values) or values != list(range(len(values))):
         raise TLError(f"--label-column {label_column}: values {values[:5]} are not class indices 0..K-1",
                       "cast it to a ClassLabel (dataset.class_encode_column) and save the dataset again")

@@ -28,6 +28,9 @@ LABEL_COLUMNS = ("label", "labels", "tags", "tag", "class", "classes", "category
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 TRUE, FALSE = ("1", "true", "yes", "y", "t"), ("0", "false", "no", "n", "f", "")
 AUTO_SEPARATORS = (";", "|", " ")
+# A space separates labels only under a plural header (Kaggle's "tags"): "golden retriever" under "label" is one class.
+PLURAL_LABEL_HEADERS = ("labels", "tags", "classes", "categories", "attributes")
+ONEHOT = {"1": True, "1.0": True, "true": True, "0": False, "0.0": False, "false": False, "": False}
 
 
 @dataclass
@@ -113,15 +116,21 @@ def read_label_file(source: str | Path, root: str | Path | None = None, *, sep: 
         rest = [i for i in range(len(header)) if i not in used]
         if len(rest) == 1:
             label_col = rest[0]
-        elif rest and all(r[i].strip().lower() in ("0", "1", "") for r in records[1:] for i in rest if i < len(r)):
+        elif rest and all(r[i].strip().lower() in ONEHOT for r in records[1:] for i in rest if i < len(r)):
             onehot_cols = rest
         else:
             raise TLError(f"--labels: {source} has no label column (header: {','.join(header)})", PROBLEM_HINTS["format"])
+    if len(records[0]) > path_col and (root / records[0][path_col].strip()).is_file():
+        raise TLError(f"--labels: the first line of {source} names a file ({records[0][path_col].strip()}): it has no header",
+                      "add a header line, e.g. path,label")
     table = LabelTable(source, [], [], multilabel=bool(onehot_cols) or task == "multilabel",
                        has_split=split_col is not None or valid_col is not None)
     if sep is None and label_col is not None:  # one separator for the whole file, the first found in any cell
         cells = [r[label_col] for r in records[1:] if label_col < len(r)]
-        sep = next((s for s in AUTO_SEPARATORS if any(s in c.strip() for c in cells)), None)
+        plural = header[label_col].strip().lower() in PLURAL_LABEL_HEADERS
+        sep = next((s for s in AUTO_SEPARATORS if (s != " " or plural) and any(s in c.strip() for c in cells)), None)
+    if sep == "":
+        raise TLError("--label-sep: must not be empty", "give the character between labels, e.g. --label-sep ';', or none")
     sep = None if sep == "none" else sep
     seen: dict[str, LabelRow] = {}
     for line, record in enumerate(records[1:], start=2):
@@ -130,24 +139,28 @@ def read_label_file(source: str | Path, root: str | Path | None = None, *, sep: 
         cell = lambda i: record[i].strip() if i is not None and i < len(record) else ""
         key = cell(path_col)
         if onehot_cols:
-            labels = tuple(header[i].strip() for i in onehot_cols if cell(i) == "1")
+            labels = tuple(header[i].strip() for i in onehot_cols if ONEHOT.get(cell(i).lower()))
         else:
             labels = split_cell(cell(label_col), sep)
         split = _split_of(cell(split_col) if split_col is not None else None, cell(valid_col) if valid_col is not None else None)
         if split == "?":
             table.note("split", f"line {line}: split {cell(split_col if split_col is not None else valid_col)!r} is not train/val/test")
             split = None
+        elif split is None and table.has_split:  # else the row would be in no split: silently not trained on
+            table.note("split", f"line {line}: no split value (the file has a split column)")
         if not key:
             table.note("format", f"line {line}: no path")
             continue
         path = Path(key) if os.path.isabs(key) else root / key
         row = LabelRow(key, path, labels, split, line)
-        if key in seen:
-            same = set(seen[key].labels) == set(labels)
-            table.note("duplicate", f"line {line}: {key} is listed again (first on line {seen[key].line})"
-                       + ("" if same else f" with other labels ({';'.join(labels) or 'none'} vs {';'.join(seen[key].labels) or 'none'})"))
+        same_file = os.path.normpath(os.path.abspath(path))  # img.png, ./img.png and its absolute path: one image
+        if same_file in seen:
+            first = seen[same_file]
+            same = set(first.labels) == set(labels)
+            table.note("duplicate", f"line {line}: {key} is listed again (first on line {first.line} as {first.key})"
+                       + ("" if same else f" with other labels ({';'.join(labels) or 'none'} vs {';'.join(first.labels) or 'none'})"))
             continue
-        seen[key] = row
+        seen[same_file] = row
         if len(labels) > 1:
             table.multilabel = True
         table.rows.append(row)

@@ -5,7 +5,9 @@ neither measured nor given a threshold. Iterative stratification deals out the i
 each to the split that still wants most of that class. Written here (40 lines) rather than taken from
 scikit-multilearn or iterative-stratification: neither is a dependency of tl, both pull in scikit-learn and scipy,
 and neither lets the split be reproduced from tl's seed alone. One change from the paper: where a class has at
-least one image per split, every split wants at least one of it, so a class of 2-4 images still reaches val.
+least one image per split, its first images go one to each split that has none of it yet, so a class of 3 images
+reaches train, val and test whatever the fractions (wanting "at least one" was not enough: at 0.7/0.15/0.15 train
+still wanted more after its first and took the second).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def iterative_split(labels: list[tuple[int, ...]], fractions: dict[str, float], 
     result: dict[str, list[int]] = {name: [] for name in names}
     left = set(order)
     remaining = dict(counts)
+    got = {name: {c: 0 for c in counts} for name in names}
 
     def give(index: int, name: str) -> None:
         result[name].append(index)
@@ -38,11 +41,14 @@ def iterative_split(labels: list[tuple[int, ...]], fractions: dict[str, float], 
         for c in labels[index]:
             want[name][c] -= 1
             remaining[c] -= 1
+            got[name][c] += 1
 
     while any(remaining.values()):
         rarest = min((c for c, n in remaining.items() if n > 0), key=lambda c: (remaining[c], c))
         for index in [i for i in order if i in left and rarest in labels[i]]:
-            best = max(names, key=lambda name: (want[name][rarest], want_images[name], -names.index(name)))
+            empty = [name for name in names if not got[name][rarest]]
+            pool = empty if empty and counts[rarest] >= len(names) else names
+            best = max(pool, key=lambda name: (want[name][rarest], want_images[name], -names.index(name)))
             give(index, best)
     for index in [i for i in order if i in left]:  # images of no class
         give(index, max(names, key=lambda name: (want_images[name], -names.index(name))))

@@ -156,6 +156,9 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
     from tl.runtime import num_workers as resolve_workers
 
     dataset, meta = load_split(checkpoint, split, data_dir=data_dir)
+    from tl.inference.multilabel import thresholds_for
+
+    thresholds_for(meta, threshold)  # a wrong --threshold, or one for a single-label model, is refused before the model runs
     model, _ = load_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers, 1))

@@ -75,7 +75,9 @@ def decide(probs: "torch.Tensor", thresholds: list[float] | "torch.Tensor") -> "
     """0/1 predictions: each class's probability at or over its threshold."""
     import torch
 
-    return probs >= torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device)
+    # In float64, as labels_of compares Python floats: a threshold fit midway between two float32 scores can round
+    # onto the lower one in float32, and eval and predict would then disagree on that image.
+    return probs.double() >= torch.as_tensor(thresholds, dtype=torch.float64, device=probs.device)
 
 
 def f1_scores(predicted: "torch.Tensor", targets: "torch.Tensor") -> dict[str, float]:
@@ -114,8 +116,15 @@ def labels_of(probs: list[float], class_names: list[str], thresholds: list[float
 
 
 def thresholds_for(meta: dict, override: float | None = None) -> list[float] | None:
-    """A checkpoint's per-class thresholds (``--threshold`` overrides them all); None for a single-label model."""
+    """A checkpoint's per-class thresholds (``--threshold`` overrides them all); None for a single-label model.
+    Every command that takes --threshold comes here, so each refuses a wrong one alike."""
+    from tl.errors import TLError
+
+    if override is not None and not 0.0 <= override <= 1.0:  # nan too
+        raise TLError(f"--threshold: must be in [0, 1], got {override}", "a probability, e.g. --threshold 0.5")
     if meta.get("task") != "multilabel":
+        if override is not None:
+            raise TLError("--threshold: this model gives one class per image", "--threshold is for multi-label checkpoints; see --min-confidence")
         return None
     count = len(meta["class_names"])
     if override is not None:

@@ -92,10 +92,8 @@ def load_predictor(checkpoint: Path | None = None, arch: str | None = None, weig
         raise TLError("no model given", "pass --checkpoint RUN/best, or --arch NAME --weights DEFAULT|PATH for ImageNet classes")
     if label_names is not None:
         names = read_label_names(label_names, names)
-    if threshold is not None and thresholds is None:
+    if threshold is not None and thresholds is None:  # an ImageNet --arch (a checkpoint's meta was checked above)
         raise TLError("--threshold: this model gives one class per image", "--threshold is for multi-label checkpoints; see --min-confidence")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise TLError(f"--threshold: must be in [0, 1], got {threshold}", "a probability, e.g. --threshold 0.5")
     return Predictor(model.eval(), names, size, resize, mean, std, temperature, thresholds)
 
 

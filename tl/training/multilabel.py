@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from tl.errors import TLError
 from tl.inference import multilabel as scores
 from tl.models.heads import split_outputs
 
@@ -28,6 +29,16 @@ def is_multilabel(task: str, data) -> bool:
 
         log.info("task: multilabel (the labels give some images several classes, or none; pass --task to choose)")
     return bool(data.multilabel)
+
+
+def check_options(cfg, multi: bool) -> None:
+    """Options that mean nothing for this task, refused in one line before any work."""
+    if multi and cfg.optim.balance == "sampler":
+        raise TLError("--balance sampler draws images by their class: a multi-label image has several",
+                      "use --balance loss (a per-class weight on the positives) for multi-label data")
+    if not multi and cfg.run.select_by == "val_map":
+        raise TLError("--select-by val_map: mAP is a multi-label metric and these labels give each image one class",
+                      "use val_top1, val_loss or val_balanced_accuracy (or --task multilabel)")
 
 
 def select_by(chosen: str) -> str:

@@ -112,6 +112,7 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
     data.train = EpochSeeded(data.train, cfg.run.seed)
     multi = multilabel.is_multilabel(cfg.data.task, data)
+    multilabel.check_options(cfg, multi)  # before the loaders: --balance sampler would draw by one class
     if multi:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, select_by=multilabel.select_by(cfg.run.select_by)))
     if candidates:
@@ -219,9 +220,6 @@ def prepare_training(cfg: TrainConfig, accelerator, data: Data, built: Built, ca
     backbone_warmup_steps = round(cfg.finetune.backbone_warmup_epochs * steps_per_epoch) if built.pretrained else 0
     plateau = Plateau(o.plateau_factor, o.plateau_patience, o.max_reductions, watching=cfg.run.select_by)
     multi = data.multilabel
-    if multi and o.balance == "sampler":
-        raise TLError("--balance sampler draws images by their class: a multi-label image has several",
-                      "use --balance loss (a per-class weight on the positives) for multi-label data")
     class_weight = (multilabel.positive_weights if multi else setup.class_weights)(bundle.train.targets, len(bundle.class_names))  # --balance
     if o.balance != "none":
         log.info(f"--balance {o.balance}: {'positive' if multi else 'class'} weights "
