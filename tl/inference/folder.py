@@ -148,6 +148,9 @@ def predict_dir(predictor: Predictor, images: Path | None, out: Path, *, files: 
     try:
         names = predictor.class_names
         if predictor.thresholds is not None:  # multi-label: one probability column per class, always
+            if top_k or min_confidence:
+                log.warning("--top-k and --min-confidence do not apply to a multi-label model: every class's "
+                            "probability is written and `labels` holds those over their thresholds (see --threshold)")
             top_k = 0
         if top_k is None:
             top_k = AUTO_TOP_K if len(names) > MAX_PROB_COLUMNS else 0
