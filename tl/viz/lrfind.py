@@ -46,15 +46,19 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     return lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
 
 
-def sweep(model, loader, optimizer, *, start_lr: float, end_lr: float, steps: int, device) -> tuple[list[float], list[float]]:
-    """(rates, losses) of up to ``steps`` optimizer steps on ever higher rates; the loader is cycled if it is short."""
+def sweep(model, loader, optimizer, *, start_lr: float, end_lr: float, steps: int, device,
+          multilabel: bool = False) -> tuple[list[float], list[float]]:
+    """(rates, losses) of up to ``steps`` optimizer steps on ever higher rates; the loader is cycled if it is short.
+    The loss is training's: cross-entropy, or per-class binary cross-entropy for multi-label data."""
     import torch
 
     from tl.models.heads import split_outputs
     from tl.training.loop import masked_mean
     from tl.training.optim import set_lr
 
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    from tl.training.multilabel import MultiLabelLoss
+
+    loss_fn = MultiLabelLoss(None, 0.0) if multilabel else torch.nn.CrossEntropyLoss(reduction="none")
     lrs, losses, best = [], [], math.inf
     batches = iter(loader)
     for step in range(steps):
@@ -174,7 +178,7 @@ def command(
     opt = build_optimizer(groups, optim_cfg)
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=len(data.train) >= batch_size,
                         num_workers=resolve_workers(num_workers, 1), generator=torch.Generator().manual_seed(seed))
-    lrs, losses = sweep(model, loader, opt, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device)
+    lrs, losses = sweep(model, loader, opt, start_lr=start_lr, end_lr=end_lr, steps=steps, device=device, multilabel=data.multilabel)
     if len(lrs) < 3:
         raise TLError(f"the loss diverged at once (after {len(lrs)} steps)", "lower --start-lr")
     suggested = suggest(lrs, losses)
