@@ -14,18 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RGB_CLASSES, read_rows, train_tiny_run, write_image
-from tests.slurm_cluster import LocalSlurm, Unavailable
+from tests.test_slurm import slurm  # noqa: F401 (the fixture: a real one-node SLURM for this module's tests)
 
 SHARDS = 4
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    try:
-        with LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=os.cpu_count() or 2) as cluster:
-            yield cluster
-    except Unavailable as reason:
-        pytest.skip(f"no SLURM here: {reason}")
 
 
 def _images(root: Path, count: int) -> Path:
