@@ -72,14 +72,17 @@ def decoder_crash_is_an_error(out: Path, stopping: Callable[[], BaseException | 
     """A loader worker killed by its decoder becomes one line that says how to carry on (the in-flight marker stays).
     A worker that died after a stop was asked for (SLURM signals every process of a job step, the workers too) is
     that stop: ``stopping()`` gives the exception that says so, None when no stop was asked for."""
-    died = ""
+    died, stopped = "", None
     try:
         yield
-    except RuntimeError as exc:
-        if not _WORKER_DIED.search(str(exc)):
+    except (RuntimeError, OSError) as exc:
+        # The signal that asked for the stop reaches the workers too: one can die mid-transfer of a batch (the
+        # main process then reads a reset connection) or between batches (torch's "worker killed"). Both are the stop.
+        stopped = stopping()
+        if stopped is None and not (isinstance(exc, RuntimeError) and _WORKER_DIED.search(str(exc))):
             raise
-        died = str(exc).splitlines()[0].strip()
-    if died and (stopped := stopping()) is not None:
+        died = str(exc).splitlines()[0].strip() if str(exc) else type(exc).__name__
+    if stopped is not None:
         gc.collect()
         raise stopped
     if died:
