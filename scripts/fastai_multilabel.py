@@ -31,10 +31,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import pandas as pd
-    import torch
     import torchvision
-    from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, accuracy_multi, aug_transforms, imagenet_stats,
-                                   set_seed, vision_learner)
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        Normalize,
+        Resize,
+        accuracy_multi,
+        aug_transforms,
+        imagenet_stats,
+        set_seed,
+        vision_learner,
+    )
 
     from tl.inference.multilabel import mean_ap
     from tl.models.weights import read_state_dict

@@ -142,7 +142,6 @@ def test_multilabel_resume_after_sigkill_is_exact(reference, patches, tmp_path):
 def test_predict_dir_predict_api_and_eval_agree(reference, patches, tmp_path):
     import tl
 
-    images = patches.parent / "img"
     val = json.loads((reference / "split.json").read_text())["splits"]["val"][:6]
     folder = tmp_path / "some"
     folder.mkdir()

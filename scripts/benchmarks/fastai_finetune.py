@@ -17,8 +17,16 @@ import time
 START = time.perf_counter()
 
 import torch  # noqa: E402
-from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, accuracy, aug_transforms,  # noqa: E402
-                               imagenet_stats, set_seed, vision_learner)
+from fastai.vision.all import (  # noqa: E402
+    ImageDataLoaders,
+    Normalize,
+    Resize,
+    accuracy,
+    aug_transforms,
+    imagenet_stats,
+    set_seed,
+    vision_learner,
+)
 from torchvision.models import squeezenet1_0  # noqa: E402
 
 

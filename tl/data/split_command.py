@@ -229,5 +229,5 @@ def command(
     resolved = out.resolve()
     console.print(f"wrote {resolved / 'split.json'}" + (f" and {', '.join(counts)} under {resolved} ("
                                                        + ", ".join(f"{n} {way}s" for way, n in ways.items()) + ")" if materialize else ""))
-    console.print(f"train on it: tl train " + (f"--labels {labels.resolve()} --data-dir {folder.resolve()} --out {resolved}" if labels else
+    console.print("train on it: tl train " + (f"--labels {labels.resolve()} --data-dir {folder.resolve()} --out {resolved}" if labels else
                   f"--dataset imagefolder --data-dir {resolved if materialize else folder.resolve()}" + ("" if materialize else f" --out {resolved}")))

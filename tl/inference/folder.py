@@ -19,8 +19,14 @@ from tl.errors import TLError
 from tl.inference.file_list import FileList, NameSet, load_files, scan_folder
 from tl.inference.inflight import InFlight, decoder_crash_is_an_error
 from tl.inference.predictions_csv import CsvWriteError, RowWriter, check_out, check_unknown_label, csv_header, csv_row, read_done
-from tl.inference.predictions_parquet import (check_parquet_out, finalise, is_parquet, journal_of, parquet_to_journal,
-                                              read_parquet_done)
+from tl.inference.predictions_parquet import (
+    check_parquet_out,
+    finalise,
+    is_parquet,
+    journal_of,
+    parquet_to_journal,
+    read_parquet_done,
+)
 from tl.inference.predictor import Precision, Predictor, autocast_dtype, probabilities
 from tl.inference.shards import ShardRecord, check_resumed_shard, new_record, parse_shard, record_path, write_record
 

@@ -175,10 +175,8 @@ def find_suspects(checkpoint: Path, scope: Scope = Scope.train, *, top: int = 20
 
     from tl.inference.evaluate import load_data
     from tl.inference.predictor import autocast_dtype
-    from tl.models.checkpoint import load_checkpoint
+    from tl.models.checkpoint import load_checkpoint, read_meta
     from tl.runtime import num_workers as resolve_workers
-
-    from tl.models.checkpoint import read_meta
 
     if read_meta(checkpoint).get("task") == "multilabel":  # a doubted label needs one given label per image
         raise TLError("tl suspects ranks images by their one given class: this is a multi-label checkpoint",

@@ -128,9 +128,8 @@ def command(
     if print_config:  # as given, not resolved: `weights: auto` stays auto, so the recipe adapts to its dataset
         print(to_yaml({name: parse_option(name, value) for name, value in options.items()}), end="")
         return
-    from tl.training.api import train_config
-
     from tl.entry import stop_codes
+    from tl.training.api import train_config
 
     with stop_codes():
         train_config(cfg)

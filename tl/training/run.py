@@ -12,8 +12,18 @@ from typing import Any
 
 from tl.config import TrainConfig
 from tl.training.epochs import end_epoch, finish, one_epoch, should_stop
-from tl.training.steps import (build, check_out, nonfinite_hint, prepare_data, prepare_training, resume,  # noqa: F401 (re-exported)
-                               selection_key, start, start_files, watched_metric)
+from tl.training.steps import (  # noqa: F401 (re-exported)
+    build,
+    check_out,
+    nonfinite_hint,
+    prepare_data,
+    prepare_training,
+    resume,
+    selection_key,
+    start,
+    start_files,
+    watched_metric,
+)
 
 
 def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str, Any]:

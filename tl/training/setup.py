@@ -17,9 +17,8 @@ from torch.utils.data import DataLoader
 from tl.config import TrainConfig
 from tl.data.datasets import DatasetBundle
 from tl.errors import TLError
-from tl.runtime import build_accelerator, num_workers
+from tl.runtime import build_accelerator, ignore_stop_signals, num_workers
 from tl.training.optim import build_optimizer
-from tl.runtime import ignore_stop_signals
 from tl.training.strategies import Phase, apply_phase, parameter_groups
 
 

@@ -54,9 +54,8 @@ def sweep(model, loader, optimizer, *, start_lr: float, end_lr: float, steps: in
 
     from tl.models.heads import split_outputs
     from tl.training.loop import masked_mean
-    from tl.training.optim import set_lr
-
     from tl.training.multilabel import MultiLabelLoss
+    from tl.training.optim import set_lr
 
     loss_fn = MultiLabelLoss(None, 0.0) if multilabel else torch.nn.CrossEntropyLoss(reduction="none")
     lrs, losses, best = [], [], math.inf
