@@ -32,7 +32,7 @@ def _log(folder: Path) -> str:
 
 
 @pytest.mark.slow
-def test_array_job_with_a_requeued_task_predicts_every_file_once(slurm, tmp_path):
+def test_array_job_with_a_requeued_task_predicts_every_file_once(slurm, tmp_path):  # noqa: F811 (the fixture)
     run = train_tiny_run(tmp_path)
     images = _images(tmp_path / "images", 600)
     (images / "d7").mkdir()

@@ -112,6 +112,39 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_OWN_ALLOCATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory a CPU training or inference step frees, for the next step to reuse.
+
+    Each step allocates and frees the same few hundred MB of activations. By default glibc hands freed blocks back to
+    the kernel (blocks above 128 KiB-32 MiB are mmap'ed, and a free heap top above 2x that is trimmed), so every step
+    faults its pages in afresh. On the project's 2-core machine squeezenet1_0 at batch 16 took ~140,000 page faults
+    per training step and a quarter of its CPU time in the kernel; with blocks up to 32 MiB served from the heap and
+    up to 1 GiB of free heap kept, ~6,000 faults and ~25% more images/s. The process then holds its peak until it
+    exits, which it reaches every step anyway. The same as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``, set at
+    run time; left alone when the user chose allocator settings (those variables, or a malloc in ``LD_PRELOAD``).
+    Returns whether it applied.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in os.environ for name in _OWN_ALLOCATOR_SETTINGS) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc: their own reuse
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 class StopRequest:
     """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit or preemption) and Ctrl-C into a request to
     stop cleanly after the current step (training saves its state, predict-dir writes its batch). A second signal

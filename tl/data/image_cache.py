@@ -78,11 +78,12 @@ def decoded_size(paths: list[Path], budget: int, needs: list[int | None] | None 
     return total
 
 
-def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
+def preload(datasets: list, budget: int, *, threads: int | None = None, workers_read: bool = True) -> int:
     """Decode every image of ``datasets`` (``ImageFiles``) into memory when all of them fit ``budget`` together.
 
     Returns the bytes held (0 when nothing was cached). A file that fails to decode is left out of the cache
-    and read (and reported) as usual when it is loaded."""
+    and read (and reported) as usual when it is loaded. ``workers_read``: loader workers will read the cache (they
+    must then be forked to share it); False when the main process loads every batch itself."""
     import multiprocessing
 
     from tl.data.decode import read_image_sized
@@ -95,7 +96,7 @@ def preload(datasets: list, budget: int, *, threads: int | None = None) -> int:
         return 0
     # The start method loader workers will use, read without fixing it (get_all_start_methods lists the default first).
     method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
-    if method != "fork":  # spawned workers would each get a pickled copy
+    if method != "fork" and workers_read:  # spawned workers would each get a pickled copy
         log.info("images are streamed from disk: the decoded-image cache needs fork-started loader workers")
         return 0
     size = decoded_size(paths, budget, needs)

@@ -153,6 +153,7 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
     from tl.inference.calibration import collect_logits, expected_calibration_error, nll
     from tl.inference.predictor import autocast_dtype
     from tl.models.checkpoint import load_checkpoint
+    from tl.runtime import keep_freed_memory
     from tl.runtime import num_workers as resolve_workers
 
     dataset, meta = load_split(checkpoint, split, data_dir=data_dir)
@@ -161,6 +162,8 @@ def evaluate_checkpoint(checkpoint: Path, split: Split = Split.val, *, data_dir:
     thresholds_for(meta, threshold)  # a wrong --threshold, or one for a single-label model, is refused before the model runs
     model, _ = load_checkpoint(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        keep_freed_memory()  # each batch's activations come back from the heap, not as page faults
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers, 1))
     dtype = autocast_dtype(Precision(precision), torch.device(device))
     logits, labels, unreadable = collect_logits(model.to(device), loader, device, dtype=dtype)

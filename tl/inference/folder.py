@@ -267,11 +267,13 @@ def _predict_pending(predictor: Predictor, accelerator, listing: FileList, pendi
     from torch.utils.data import DataLoader
 
     from tl.progress import EpochProgress
-    from tl.runtime import ignore_stop_signals
+    from tl.runtime import ignore_stop_signals, keep_freed_memory
     from tl.runtime import num_workers as resolve_workers
 
     names = predictor.class_names
     device = accelerator.device
+    if device.type == "cpu":
+        keep_freed_memory()  # each batch's activations come back from the heap, not as page faults
     dtype = autocast_dtype(precision, device)
     model = predictor.model.to(device, memory_format=torch.channels_last)  # faster convolutions, same results
     if compile:

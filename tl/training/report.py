@@ -47,7 +47,7 @@ def print_plan(*, model: nn.Module, info: ModelInfo, strategy: str, reason: str,
         f"({accelerator.distributed_type.value}), precision {accelerator.mixed_precision}"
     )
     if fast:
-        on = [name for name in ("channels_last", "compiled", "feature_cache", "device_augment", "image_cache") if fast.get(name)]
+        on = [name for name in ("channels_last", "compiled", "feature_cache", "device_augment", "image_cache", "kept_memory") if fast.get(name)]
         console.print(f"fast paths: {', '.join(on) if on else 'none'} (precision {fast.get('precision')})", highlight=False)
 
 

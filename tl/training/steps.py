@@ -78,7 +78,7 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     from tl.data.transforms import eval_transform, train_pixels, train_transform
     from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes
     from tl.progress import log
-    from tl.training import multilabel, recipe, state
+    from tl.training import multilabel, recipe, setup, state
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
@@ -109,7 +109,8 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
         log.info(line)
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
-                                       threads=max(1, runtime.num_workers(-1, accelerator.num_processes)))
+                                       threads=max(1, runtime.num_workers(-1, accelerator.num_processes)),
+                                       workers_read=setup.loader_workers(cfg.data.num_workers, accelerator, in_memory=True) > 0)
     data.train = EpochSeeded(data.train, cfg.run.seed)
     multi = multilabel.is_multilabel(cfg.data.task, data)
     multilabel.check_options(cfg, multi)  # before the loaders: --balance sampler would draw by one class
@@ -138,6 +139,7 @@ class Built:
 
 def build(cfg: TrainConfig, accelerator, data: Data) -> Built:
     """The model with a new head for these classes, its fast paths, and the strategy (``auto`` resolved here)."""
+    from tl import runtime
     from tl.models import fastpaths
     from tl.models.architectures import build_model
     from tl.models.heads import HeadSpec
@@ -149,7 +151,8 @@ def build(cfg: TrainConfig, accelerator, data: Data) -> Built:
                               cut_at=cfg.model.cut_at, image_size=data.size, trust_pickle=cfg.model.trust_pickle)
     fast = dict(channels_last=fastpaths.apply_channels_last(model, cfg.run.channels_last), device_augment=data.on_device,
                 image_cache=data.cached_bytes > 0,
-                compiled=cfg.run.compile and fastpaths.compile_model(model, accelerator.device))  # same results, sooner
+                compiled=cfg.run.compile and fastpaths.compile_model(model, accelerator.device),  # same results, sooner
+                kept_memory=accelerator.device.type == "cpu" and runtime.keep_freed_memory())  # no page faults each step
     pretrained = cfg.model.weights.lower() != "none"
     if not pretrained and cfg.data.dataset != "synthetic":
         log.warning(f"training {cfg.model.arch} from random weights: transfer learning starts from pretrained ones "
@@ -196,7 +199,7 @@ def prepare_training(cfg: TrainConfig, accelerator, data: Data, built: Built, ca
     from tl.training.state import TrainingProgress
 
     bundle = data.bundle
-    train_loader, val_loader = accelerator.prepare(*setup.loaders(bundle, cfg, accelerator))
+    train_loader, val_loader = accelerator.prepare(*setup.loaders(bundle, cfg, accelerator, in_memory=data.cached_bytes > 0))
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # per process, after sharding
     first_epoch = (state.read_progress(candidates[0]) or TrainingProgress()).epoch if candidates else 0
     phase = built.phase_at(first_epoch)  # gradual: a resumed run may already be past the unfreeze
