@@ -14,6 +14,17 @@ import time
 from pathlib import Path
 
 
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new Python process (spawned, not forked), its result returned: each measurement starts
+    from the same state, and nothing one method sets for its process (tl keeps freed memory for reuse on the CPU,
+    ``tl.runtime.keep_freed_memory``) carries over to the next, whose baseline is the plain process a tutorial gets."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def scratch_dir(prefix: str = "tl-bench-") -> Path:
     """A new temporary folder, removed when the bench exits (generated photos and runs are hundreds of MB)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, machine_info, report_table, scratch_dir, train_images
+from benchmarks.common import PeakMemory, in_fresh_process, machine_info, report_table, scratch_dir, train_images
 
 HELP = "tl train vs the tutorials' training loop (images/s)"
 
@@ -29,7 +29,8 @@ def add_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--repeats", type=int, default=3)
-    train.add_argument("--num-workers", type=int, default=-1)
+    train.add_argument("--num-workers", type=int, default=-1, help="the tutorial loop's workers (-1: tl's rule for the CPUs); "
+                       "tl gets this value too, so -1 lets it choose")
     train.add_argument("--precision", default="auto", choices=("auto", "no", "bf16", "fp16"), help="tl's --mixed-precision")
     train.add_argument("--no-channels-last", action="store_true", help="tl with --no-channels-last")
     train.add_argument("--no-cache-features", action="store_true", help="tl with --no-cache-features")
@@ -93,6 +94,8 @@ def model_ceiling(args: argparse.Namespace, steps: int) -> dict:
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
+    if not cuda:
+        runtime.keep_freed_memory()  # the process settings tl's run gives itself: the ceiling is the best this model does
     model, _ = build_model(args.arch, 2, weights="none", head=HeadSpec(), image_size=args.size)
     channels_last = fastpaths.apply_channels_last(model, not args.no_channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.resolve_precision(args.precision, on_gpu=cuda) or "no")
@@ -136,6 +139,7 @@ def tl_train(images: Path, args: argparse.Namespace, workers: int, out: Path) ->
                       mixed_precision=args.precision, channels_last=not args.no_channels_last,
                       cache_features=not args.no_cache_features),
     )
+    logging.getLogger("tl").disabled = True  # progress lines would be timed too
     console.quiet = True
     try:
         with PeakMemory() as memory:
@@ -169,12 +173,13 @@ def run(args: argparse.Namespace) -> dict:
     steps = max(4, sum(1 for _ in (images / "train").rglob("*.*")) // args.batch_size)  # about one epoch's steps
     for repeat in range(args.repeats):
         for name in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
-            result = (tutorial_train(images, args, workers) if name == baseline else model_ceiling(args, steps) if name == ceiling_name
-                      else tl_train(images, args, workers, scratch / f"run{repeat}"))
+            result = (in_fresh_process(tutorial_train, images, args, workers) if name == baseline
+                      else in_fresh_process(model_ceiling, args, steps) if name == ceiling_name
+                      else in_fresh_process(tl_train, images, args, args.num_workers, scratch / f"run{repeat}"))
             runs[name].append(result)
             print(f"repeat {repeat + 1}/{args.repeats}: {name} {result['images_per_s']:.1f} img/s ({result['seconds']:.1f}s)", file=sys.stderr)
     title = (f"train ({args.strategy}): {args.arch} at {args.size} px, batch {args.batch_size}, {args.epochs} epoch(s), "
-             f"{workers} workers, {images}")
+             f"{workers} workers (tl: {'its own choice' if args.num_workers < 0 else args.num_workers}), {images}")
     summary = report_table(title, runs, baseline=baseline, candidate=candidate)
     if ceiling_name in runs:
         share = summary["medians"][candidate]["images_per_s"] / summary["medians"][ceiling_name]["images_per_s"]
