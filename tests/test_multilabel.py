@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -186,6 +187,8 @@ def test_check_data_lists_every_bad_row_and_the_unlabelled_images(patches, tmp_p
     clean = cli("check-data", "--labels", patches, "--quick")
     assert clean.exit_code == 0, clean.output
     assert "multi-label: 128 rows, 3 classes" in clean.stdout and "no problems" in clean.stdout
+    row = next(line for line in clean.stdout.splitlines() if line.strip("│ ").startswith("total"))
+    assert sum(int(n) for n in re.findall(r"\d+", row)) == 128, row  # images, not labels (several per image)
     subset = tmp_path / "subset.csv"
     subset.write_text("\n".join(rows[:60]) + "\n")  # the other 69 images of the folder have no row
     partial = cli("check-data", "--labels", subset, "--data-dir", patches.parent, "--quick")

@@ -222,6 +222,7 @@ def check(cfg, *, seed: int, quick: bool) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset, "root": str(root) if root else cfg.data_dir, "classes": bundle.class_names,
         "counts": {split: [c[label] for label in range(len(bundle.class_names))] for split, c in counts.items()},
+        "images": {split: len(data.targets) for split, data in parts},  # several labels each: fewer than the counts' sum
         "scanned": len(found), "decoded": not quick, "seconds": time.perf_counter() - start,
         "sizes": {axis: (min(v), statistics.median(v), max(v)) for axis, v in
                   (("width", [s[0] for s in sizes]), ("height", [s[1] for s in sizes])) if v},
@@ -252,7 +253,7 @@ def print_report(report: dict[str, Any]) -> int:
         table.add_column(split, justify="right")
     for label, name in enumerate(report["classes"]):
         table.add_row(name, *(str(report["counts"][s][label]) for s in splits))
-    table.add_row("total", *(str(sum(report["counts"][s])) for s in splits), style="bold")
+    table.add_row("total", *(str(report["images"][s]) for s in splits), style="bold")  # images: several labels each add up to more
     out.print(table)
     for axis, (low, mid, high) in report["sizes"].items():
         out.print(f"{axis:<8} min {low}  median {mid:g}  max {high}")

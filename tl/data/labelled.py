@@ -136,9 +136,11 @@ def build(cfg: DataConfig, seed: int, train_tf: Callable, eval_tf: Callable, man
     return made["train"], made["val"], made["test"], classes, fingerprint(samples, root), multilabel
 
 
-def pin_split(labels: Path, data_dir: Path, out: Path, *, val: float, test: float, seed: int, overwrite: bool) -> dict[str, dict[str, int]]:
+def pin_split(labels: Path, data_dir: Path, out: Path, *, val: float, test: float, seed: int,
+              overwrite: bool) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """``tl split FOLDER --labels FILE.csv --out OUT``: the split ``tl train --labels FILE.csv --out OUT`` will use,
-    written to OUT/split.json and pinned; {split: {class: images}}."""
+    written to OUT/split.json and pinned; ({split: {class: images}}, {split: images}): with several labels per image
+    the classes' counts add up to more than the images."""
     from tl.data.splits import MANIFEST, pin
 
     manifest = out / MANIFEST
@@ -157,4 +159,4 @@ def pin_split(labels: Path, data_dir: Path, out: Path, *, val: float, test: floa
             for c in label if isinstance(label, tuple) else (label,):
                 counts.setdefault(name, {}).setdefault(classes[c], 0)
                 counts[name][classes[c]] += 1
-    return counts
+    return counts, {name: len(samples[name]) for name in counts}

@@ -212,18 +212,20 @@ def command(
         from tl.data.labelled import pin_split
 
         _, val, test = parse_fractions(fractions)
-        counts = {part: Counter(c) for part, c in pin_split(labels, folder, out, val=val, test=test, seed=seed, overwrite=overwrite).items()}
+        per_class, images = pin_split(labels, folder, out, val=val, test=test, seed=seed, overwrite=overwrite)
+        counts = {part: Counter(c) for part, c in per_class.items()}
         parts, ways = {}, Counter()
     else:
         parts, ways = make_split(folder, out, fractions=parse_fractions(fractions), seed=seed, materialize=materialize, overwrite=overwrite)
         counts = {part: Counter(Path(key).parts[0] for key in keys) for part, keys in parts.items() if keys}
+        images = {part: len(keys) for part, keys in parts.items() if keys}
     table = Table(title=f"{folder} seed {seed}", title_justify="left")
     table.add_column("class")
     for part in counts:
         table.add_column(part, justify="right")
     for name in sorted(set().union(*counts.values())):
         table.add_row(name, *(str(c[name]) for c in counts.values()))
-    table.add_row("total", *(str(sum(c.values())) for c in counts.values()), style="bold")
+    table.add_row("total", *(str(images[part]) for part in counts), style="bold")  # images: several labels each add up to more
     console = Console(highlight=False, soft_wrap=True)
     console.print(table)
     resolved = out.resolve()
