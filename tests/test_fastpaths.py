@@ -15,7 +15,7 @@ from tests.conftest import TINY, cli, read_metrics
 from tl.models.architectures import build_model
 from tl.models.checkpoint import checkpoint_state
 from tl.models.fastpaths import apply_channels_last, compile_blocker, compile_model, is_convolutional
-from tl.runtime import cpu_has_native_bf16, resolve_precision
+from tl.runtime import cpu_has_native_bf16, keep_freed_memory, resolve_precision
 
 
 def _model(arch: str = "resnet18"):
@@ -94,8 +94,7 @@ def test_cache_stays_off_with_augmentation_and_config_records_the_fast_paths(tmp
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["precision"] == resolved["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "no")
     assert resolved["channels_last"] is True and resolved["compiled"] is False
-    assert resolved["kept_memory"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-                                       and "malloc" not in os.environ.get("GLIBC_TUNABLES", "") + os.environ.get("LD_PRELOAD", ""))
+    assert resolved["kept_memory"] is (resolved["device"] == "cpu" and keep_freed_memory())
 
 
 FAULTS = """
@@ -144,6 +143,17 @@ def test_cpu_training_crops_cached_images_in_the_main_process():
     assert loader_workers(-1, accelerator, in_memory=True) == 0
     assert loader_workers(3, accelerator, in_memory=True) == 3
     assert loader_workers(-1, accelerator, in_memory=False) == num_workers(-1, 1)
+    assert loader_workers(-1, accelerator, in_memory=True, augment="trivial") == num_workers(-1, 1)  # costlier crops
+
+
+def test_kept_memory_can_be_turned_off_and_respects_the_users_allocator_settings(tmp_path):
+    script = "from tl.runtime import keep_freed_memory, return_freed_memory; print(keep_freed_memory()); return_freed_memory()"
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD") and not k.startswith("MALLOC_")}
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    for extra, expected in (({}, glibc), ({"TL_KEEP_FREED_MEMORY": "0"}, False), ({"MALLOC_TRIM_THRESHOLD_": "4096"}, False),
+                            ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4096"}, False)):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**base, **extra}, cwd=tmp_path)
+        assert done.returncode == 0 and done.stdout.split() == [str(expected)], (extra, done.stdout, done.stderr)
 
 
 def test_data_wait_hint_names_the_flag():

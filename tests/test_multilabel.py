@@ -195,6 +195,13 @@ def test_check_data_lists_every_bad_row_and_the_unlabelled_images(patches, tmp_p
     assert partial.exit_code == 1 and "69 image(s)" in partial.stdout
 
 
+def test_split_counts_each_image_once_in_its_total(patches, tmp_path):
+    result = cli("split", patches.parent, "--labels", patches, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("total"))
+    assert sum(int(n) for n in re.findall(r"\d+", row)) == 128, row  # 128 images, more labels
+
+
 def test_prepare_writes_a_sequence_of_class_labels_that_trains_multilabel(patches, tmp_path):
     import datasets
 

@@ -112,9 +112,9 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
-# glibc's mallopt parameters (malloc.h)
+# glibc's mallopt parameters (malloc.h), and the variables by which a user sets them: tl leaves those alone
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_OWN_ALLOCATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+_OWN_ALLOCATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,11 +125,13 @@ def keep_freed_memory() -> bool:
     the kernel (blocks above 128 KiB-32 MiB are mmap'ed, and a free heap top above 2x that is trimmed), so every step
     faults its pages in afresh. On the project's 2-core machine squeezenet1_0 at batch 16 took ~140,000 page faults
     per training step and a quarter of its CPU time in the kernel; with blocks up to 32 MiB served from the heap and
-    up to 1 GiB of free heap kept, ~6,000 faults and ~25% more images/s. The process then holds its peak until it
-    exits, which it reaches every step anyway. The same as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``, set at
-    run time; left alone when the user chose allocator settings (those variables, or a malloc in ``LD_PRELOAD``).
-    Returns whether it applied.
+    up to 1 GiB of free heap kept, ~6,000 faults and ~25% more images/s. The same as ``GLIBC_TUNABLES=glibc.malloc.
+    mmap_threshold=...``, set at run time. ``return_freed_memory`` hands the kept heap back when a run ends inside a
+    longer-lived process. Left alone when the user chose these settings (``_OWN_ALLOCATOR_SETTINGS``, malloc
+    tunables, a malloc in ``LD_PRELOAD``) or set ``TL_KEEP_FREED_MEMORY=0``. Returns whether it applied.
     """
+    if os.environ.get("TL_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if any(name in os.environ for name in _OWN_ALLOCATOR_SETTINGS) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
@@ -142,7 +144,20 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+
+
+def return_freed_memory() -> None:
+    """Give the free heap that ``keep_freed_memory`` kept back to the kernel (glibc's ``malloc_trim``): a run inside a
+    notebook or another program does not hold its peak after it ends. The settings stay for the next run."""
+    if not keep_freed_memory.cache_info().currsize or not keep_freed_memory():
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class StopRequest:

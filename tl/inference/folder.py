@@ -267,7 +267,7 @@ def _predict_pending(predictor: Predictor, accelerator, listing: FileList, pendi
     from torch.utils.data import DataLoader
 
     from tl.progress import EpochProgress
-    from tl.runtime import ignore_stop_signals, keep_freed_memory
+    from tl.runtime import ignore_stop_signals, keep_freed_memory, return_freed_memory
     from tl.runtime import num_workers as resolve_workers
 
     names = predictor.class_names
@@ -318,7 +318,8 @@ def _predict_pending(predictor: Predictor, accelerator, listing: FileList, pendi
                     progress.update(step)
                 if stop.agreed(accelerator) and step < len(loader):
                     raise _stopped(stop, out)
-    finally:  # also when a decoder crashed: a notebook keeps running, its threads must not
+    finally:  # also when a decoder crashed: a notebook keeps running, its threads must not, nor hold its peak memory
         progress.close()
         if dataset._pool is not None:
             dataset._pool.shutdown()
+        return_freed_memory()

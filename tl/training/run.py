@@ -28,7 +28,7 @@ from tl.training.steps import (  # noqa: F401 (re-exported)
 
 def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the best epoch's metrics. Heavy imports live in the steps, not at module level."""
-    from tl.runtime import StopRequest
+    from tl.runtime import StopRequest, return_freed_memory
     from tl.training import state
 
     out = Path(cfg.run.out)
@@ -55,5 +55,6 @@ def run(cfg: TrainConfig, *, expect_fingerprint: str | None = None) -> dict[str,
                 break
     finally:
         stop.uninstall()
+        return_freed_memory()  # the steps' kept heap (a notebook goes on running)
     finish(cfg, accelerator, out, data, parts, best, seconds=time.perf_counter() - start_time)
     return best

@@ -92,22 +92,30 @@ class BalancedSampler(torch.utils.data.Sampler):
         return iter(torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist())
 
 
-def loader_workers(requested: int, accelerator: Accelerator, *, in_memory: bool) -> int:
-    """Loader workers for training: ``num_workers``'s rule, except on the CPU with every image already decoded in
-    memory (``tl.data.image_cache``), where ``-1`` means none: the crops run in the main process between steps.
+MAIN_PROCESS_CPUS = 4  # the largest CPU count per process where crops in the main process were measured (2) and expected to pay
+
+
+def loader_workers(requested: int, accelerator: Accelerator, *, in_memory: bool, augment: str = "basic") -> int:
+    """Loader workers for training: ``num_workers``'s rule, except on a small CPU-only machine (at most
+    ``MAIN_PROCESS_CPUS`` CPUs per process) with every image already decoded in memory (``tl.data.image_cache``) and
+    cheap crops (``--augment basic`` or ``none``), where ``-1`` means none: the crops run in the main process between
+    steps.
 
     There the model's threads use every core, and workers that wake up beside them stall a step's threads more than
     the crops cost: on the 2-core build machine squeezenet1_0 at batch 16 (bees/ants, cached) trained at 29.5 images/s
-    with no worker against 19.6 with two (medians of 5, alternating), the crops taking ~2% of the epoch.
+    with no worker against 19.6 with two (medians of 5, alternating), the crops taking ~2% of the epoch. Larger
+    machines and costlier augmentation keep workers until measured otherwise.
     """
-    if requested < 0 and in_memory and accelerator.device.type == "cpu":
+    per_process = num_workers(-1, accelerator.num_processes)
+    if (requested < 0 and in_memory and accelerator.device.type == "cpu" and augment in ("basic", "none")
+            and per_process <= MAIN_PROCESS_CPUS):
         return 0
     return num_workers(requested, accelerator.num_processes)
 
 
-def loaders(data: DatasetBundle, cfg: TrainConfig, accelerator: Accelerator, *, in_memory: bool = False) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders. ``in_memory``: every image is decoded in memory already (``loader_workers``)."""
-    workers = loader_workers(cfg.data.num_workers, accelerator, in_memory=in_memory)
+def loaders(data: DatasetBundle, cfg: TrainConfig, accelerator: Accelerator, workers: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders; ``workers``: the count ``loader_workers`` chose (None: ``--num-workers``'s rule)."""
+    workers = num_workers(cfg.data.num_workers, accelerator.num_processes) if workers is None else workers
     # Loaders draw their worker seeds from generators of their own: starting an iterator then leaves the
     # global RNG (augmentation, dropout) untouched, so a run resumed mid-epoch continues the same stream.
     common: dict[str, Any] = dict(batch_size=cfg.data.batch_size, num_workers=workers, persistent_workers=workers > 0,

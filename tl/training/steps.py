@@ -110,7 +110,8 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)),
-                                       workers_read=setup.loader_workers(cfg.data.num_workers, accelerator, in_memory=True) > 0)
+                                       workers_read=setup.loader_workers(cfg.data.num_workers, accelerator, in_memory=True,
+                                                                         augment=cfg.data.augment) > 0)
     data.train = EpochSeeded(data.train, cfg.run.seed)
     multi = multilabel.is_multilabel(cfg.data.task, data)
     multilabel.check_options(cfg, multi)  # before the loaders: --balance sampler would draw by one class
@@ -189,7 +190,6 @@ def prepare_training(cfg: TrainConfig, accelerator, data: Data, built: Built, ca
     """Loaders, optimizer and model through ``accelerator.prepare``; the schedule, loss and the loop's context."""
     import torch
 
-    from tl import runtime
     from tl.data import gpu_augment
     from tl.data.transforms import DeviceNormalize, batch_mix
     from tl.progress import log
@@ -199,12 +199,12 @@ def prepare_training(cfg: TrainConfig, accelerator, data: Data, built: Built, ca
     from tl.training.state import TrainingProgress
 
     bundle = data.bundle
-    train_loader, val_loader = accelerator.prepare(*setup.loaders(bundle, cfg, accelerator, in_memory=data.cached_bytes > 0))
+    workers = setup.loader_workers(cfg.data.num_workers, accelerator, in_memory=data.cached_bytes > 0, augment=cfg.data.augment)
+    train_loader, val_loader = accelerator.prepare(*setup.loaders(bundle, cfg, accelerator, workers))
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.grad_accum)  # per process, after sharding
     first_epoch = (state.read_progress(candidates[0]) or TrainingProgress()).epoch if candidates else 0
     phase = built.phase_at(first_epoch)  # gradual: a resumed run may already be past the unfreeze
     model, optimizer = setup.prepare_phase(accelerator, built.model, phase, cfg, built.backbone_lr_mult)
-    workers = runtime.num_workers(cfg.data.num_workers, accelerator.num_processes)
     cache = feature_cache.plan(cfg, built.strategy, model, accelerator, {"train": bundle.train, "val": bundle.val}, workers)
     built.fast.update(precision=accelerator.mixed_precision, feature_cache=cache is not None)
     report.print_plan(model=accelerator.unwrap_model(model), info=built.info, strategy=built.strategy, reason=built.reason,
