@@ -19,9 +19,11 @@ as whole programs on the same folders and weights: val top-1 and seconds (``scri
 
 ``train`` times ``tl train``'s code path (``tl.train.run``: its default fast paths, timed by its own
 ``train_seconds``) against the tutorials' loop (``ImageFolder`` + PIL transforms + ``DataLoader`` + a plain
-fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size, epochs
-and workers, alternating them; ``full`` trains everything with augmentation, ``linear`` trains the head
-on a frozen backbone without augmentation (the tutorials' "fixed feature extractor").
+fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size and
+epochs (the tutorial with ``--num-workers``, tl with its own choice unless that is given), alternating them,
+each run in a fresh process, with the model-bound ceiling (``full`` only); ``full`` trains everything with
+augmentation, ``linear`` trains the head on a frozen backbone without augmentation (the tutorials' "fixed
+feature extractor"). Peak MB is the main process's: the tutorial's loader workers are not in it.
 
 ``loader`` times one epoch of tl's training input pipeline (``ImageFiles`` + ``train_transform`` on uint8
 tensors + per-sample seeding) against the tutorials' ``ImageFolder`` + PIL ``transforms`` pipeline, with the

@@ -1,7 +1,9 @@
 """``bench.py train``: ``tl train``'s code path (``tl.training.run.run``: its default fast paths, timed by its
 own ``train_seconds``) against the tutorials' loop (``ImageFolder`` + PIL transforms + ``DataLoader`` + a
-plain fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size,
-epochs and workers, alternating them."""
+plain fp32 loop that reads ``loss.item()`` every step) on the same images, model, batch size, image size and
+epochs, alternating them, each in a fresh process (``in_fresh_process``); the tutorial gets ``--num-workers`` loader
+workers, tl its own choice unless ``--num-workers`` is given. With ``--strategy full`` the model-bound ceiling too.
+Peak MB is the main process's (the tutorial's loader workers are not counted)."""
 
 from __future__ import annotations
 
