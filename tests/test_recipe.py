@@ -68,3 +68,44 @@ def test_train_records_the_recipe_and_reproduce_keeps_an_older_one(tmp_path):
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["config"]["data"]["batch_size"] == 32
     assert again["resolved"]["recipe"]["chosen"] == {} and len(read_metrics(tmp_path / "again")) == 1
+
+
+@pytest.mark.parametrize("sides, size", [([128] * 9, 128), ([100, 128, 90], 128), ([150] * 3, 160), ([96], 96), ([168], 192),
+                                         ([169], None), ([500, 375], None), ([95], None), ([32] * 5, None), ([], None)])
+def test_small_photos_get_their_own_input_size(sides, size):  # sides: a sample of the photos' long sides
+    assert recipe.photo_input_size(sides, 224) == size
+
+
+def test_the_input_size_is_chosen_only_when_none_was_given():
+    cfg = to_config(resolve({"dataset": "synthetic", "epochs": 2, "batch_size": 8}))
+    filled, chosen, line = recipe.apply(cfg, train_images=300, long_sides=[120, 128, 130], default_size=224)
+    assert chosen == {"image_size": 128} and filled.data.image_size == 128
+    assert line == f"recipe {recipe.VERSION}: 300 train images of ~128 px: input 128 px (not 224) (set --image-size to choose)"
+    given = to_config(resolve({"dataset": "synthetic", "epochs": 2, "batch_size": 8, "image_size": 224}))
+    assert recipe.apply(given, train_images=300, long_sides=[128], default_size=224) == (given, {}, "")
+    assert recipe.apply(cfg, train_images=300, long_sides=[128], default_size=None) == (cfg, {}, "")  # cannot take it
+    # resume: the size a run chose stands; a run that chose none (or an older recipe) keeps the architecture's
+    chose = {"config": {"data": {"image_size": 128}}, "resolved": {"recipe": {"version": 3, "chosen": {"image_size": 128}}}}
+    assert recipe.recorded(cfg, chose).data.image_size == 128
+    assert recipe.recorded(cfg, {"config": {}, "resolved": {"recipe": {"version": 2, "chosen": {}}}}).data.image_size is None
+
+
+def test_small_photos_train_at_their_size_and_an_older_run_reproduces_at_its_own(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"a": (220, 30, 30), "b": (30, 40, 220)}, 4, size=100, mixed_modes=False)
+    flags = ("--arch", "mobilenet_v3_small", "--weights", "none", "--num-workers", "0", "--log-every", "1000", "--epochs", "1",
+             "--batch-size", "4")
+    out = tmp_path / "run"
+    result = cli("train", *flags, "--data-dir", data, "--out", out)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "train images of ~100 px: input 128 px (not 224)" in result.output
+    record = json.loads((out / "config.json").read_text())
+    assert record["resolved"]["recipe"]["chosen"] == {"image_size": 128}
+    assert record["config"]["data"]["image_size"] == 128 and record["resolved"]["image_size"] == 128
+    # The same run as recipe 2 recorded it (no size chosen): reproduced at the architecture's size, not today's choice
+    record["resolved"]["recipe"] = {"version": 2, "chosen": {}}
+    record["config"]["data"]["image_size"] = None
+    (out / "config.json").write_text(json.dumps(record))
+    result = cli("reproduce", out, "--out", tmp_path / "again")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["resolved"]["image_size"] == 224 and again["resolved"]["recipe"]["chosen"] == {}

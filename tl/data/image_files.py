@@ -64,3 +64,22 @@ class ImageFiles(Dataset):
 
             self._crop_for, self._crop = self.transform, CropBeforeDecode.of(self.transform)
         return self._crop
+
+
+def photo_long_sides(dataset, count: int = 256) -> list[int]:
+    """The long sides of up to ``count`` photos of ``dataset`` (evenly spaced over its ``samples``), read from their
+    headers only: what the default recipe needs to tell small photos, such as thumbnails of 128 px
+    (``tl.training.recipe.photo_input_size``). Datasets without files (a hub dataset, CIFAR-10) and unreadable files
+    give nothing."""
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return []
+    step = max(1, len(samples) // count)
+    sides = []
+    for path, _ in samples[::step][:count]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sides.append(max(image.size))
+        except Exception:  # a bad file is reported when it is loaded
+            continue
+    return sides

@@ -113,6 +113,11 @@ def smallest_size(arch: str) -> int:
         return 1
 
 
+def takes_size(arch: str, size: int) -> bool:
+    """Whether ``arch`` takes ``size``-pixel inputs (``check_image_size`` without the error)."""
+    return not _size_problem(arch, size)
+
+
 def check_image_size(arch: str, size: int) -> None:
     """A TLError (exit 2) when ``arch`` cannot take ``size``-pixel inputs, which would otherwise crash the first
     forward pass mid-run. A forward pass on the meta device (no memory, no arithmetic) decides; torchvision's

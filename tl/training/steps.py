@@ -74,23 +74,31 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     from tl import runtime
     from tl.data import gpu_augment, image_cache, splits
     from tl.data.datasets import EpochSeeded, build_datasets
+    from tl.data.image_files import photo_long_sides
     from tl.data.splits import MANIFEST
     from tl.data.transforms import eval_transform, train_pixels, train_transform
-    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes, takes_size
     from tl.progress import log
     from tl.training import multilabel, recipe, setup, state
+
+    fits = lambda arch, side: side is not None and takes_size(arch, side)
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
                                synthetic_size=cfg.data.synthetic_size, cut_at=cfg.model.cut_at)
     mean, std = cfg.data.mean or IMAGENET_MEAN, cfg.data.std or IMAGENET_STD
-    tf = dict(size=size, resize=resize, mean=mean, std=std)
     on_device = gpu_augment.wanted(cfg.data, accelerator.device)  # CIFAR-10 on a GPU: crops and flips per batch there
     # Workers hand out augmented uint8 crops; the batch is normalised where the model runs (a quarter of the bytes).
     pixels_only = not on_device and cfg.data.augment != "none"
-    train_tf = (gpu_augment.uint8_images() if on_device else
-                train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
-                train_transform(**tf, augment="none"))
+
+    def transforms(size: int, resize: int) -> tuple[Any, Any]:
+        tf = dict(size=size, resize=resize, mean=mean, std=std)
+        train_tf = (gpu_augment.uint8_images() if on_device else
+                    train_pixels(size=size, augment=cfg.data.augment, crop_scale_min=cfg.data.crop_scale_min) if pixels_only else
+                    train_transform(**tf, augment="none"))
+        return train_tf, eval_transform(**tf)
+
+    train_tf, eval_tf = transforms(size, resize)
     with accelerator.main_process_first():
         # A replaced run's split (--overwrite), or one an attempt left that died before its first epoch: its files may
         # have changed since. The new listing is written beside it and takes its place when the run starts writing
@@ -103,10 +111,20 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
         if accelerator.is_main_process and stale.exists():
             with contextlib.suppress(OSError):  # a read-only --out says so once, where the run first writes
                 stale.unlink()
-        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_transform(**tf), manifest=listing, train_tf=train_tf)
-    cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train))  # what no option set, by the data's size
+        data = build_datasets(cfg.data, seed=cfg.run.seed, eval_tf=eval_tf, manifest=listing, train_tf=train_tf)
+    # What no option set, by the data's size and, for a new run, its photos' size (a resumed or reproduced run keeps its own).
+    own_size = cfg.data.image_size is None and not candidates and expect_fingerprint is None and not cfg.model.cut_at
+    sides = photo_long_sides(data.train) if own_size and cfg.data.dataset != "synthetic" else []
+    cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train), long_sides=sides,
+                                     default_size=size if fits(cfg.model.arch, recipe.photo_input_size(sides, size)) else None)
     if line:
         log.info(line)
+    if "image_size" in chosen:  # small photos train and evaluate at their own size, not upscaled
+        size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size)
+        train_tf, eval_tf = transforms(size, resize)
+        for part, tf in ((data.train, train_tf), (data.val, eval_tf), (data.test, eval_tf)):
+            if part is not None:
+                part.transform = tf
     cached_bytes = image_cache.preload([data.train, data.val],  # each local process decodes its own copy, with its share of the CPUs
                                        image_cache.parse_budget(cfg.data.cache_images, runtime.local_processes(accelerator)),
                                        threads=max(1, runtime.num_workers(-1, accelerator.num_processes)),
