@@ -87,7 +87,18 @@ def test_the_input_size_is_chosen_only_when_none_was_given():
     # resume: the size a run chose stands; a run that chose none (or an older recipe) keeps the architecture's
     chose = {"config": {"data": {"image_size": 128}}, "resolved": {"recipe": {"version": 3, "chosen": {"image_size": 128}}}}
     assert recipe.recorded(cfg, chose).data.image_size == 128
+    reproduced = {"config": {"data": {"image_size": 128}}, "resolved": {"recipe": {"version": 3, "chosen": {}}}}  # tl reproduce's
+    assert recipe.recorded(cfg, reproduced).data.image_size == 128
     assert recipe.recorded(cfg, {"config": {}, "resolved": {"recipe": {"version": 2, "chosen": {}}}}).data.image_size is None
+    assert recipe.photo_input_size([128], 299) is None  # larger networks keep their input: not measured
+
+
+def test_the_recipe_chooses_only_sizes_the_architecture_trains_at():
+    from tl.models.architectures import trains_at_size
+
+    assert trains_at_size("squeezenet1_0", 128) and trains_at_size("mobilenet_v3_small", 96)
+    assert not trains_at_size("inception_v3", 128)  # its auxiliary head, which runs in training only, needs ~299 px
+    assert not trains_at_size("vit_b_16", 128) and not trains_at_size("mypkg.models:net", 128)  # a custom one: not guessed
 
 
 def test_small_photos_train_at_their_size_and_an_older_run_reproduces_at_its_own(tmp_path):

@@ -46,7 +46,7 @@ def _choice(value: str, flag: str, choices: tuple[str, ...]) -> None:
 class DataConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
-    image_size: int | None = None  # None: the architecture's pretrained input size
+    image_size: int | None = None  # None: the architecture's pretrained input size, or recipe 3's for small photos
     augment: str = "basic"
     crop_scale_min: float = 0.25
     mixup: float = 0.0  # alpha; 0: off

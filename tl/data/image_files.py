@@ -74,9 +74,9 @@ def photo_long_sides(dataset, count: int = 256) -> list[int]:
     samples = getattr(dataset, "samples", None)
     if not samples:
         return []
-    step = max(1, len(samples) // count)
+    picked = sorted({index * len(samples) // count for index in range(min(count, len(samples)))})  # spread over classes
     sides = []
-    for path, _ in samples[::step][:count]:
+    for path, _ in (samples[index] for index in picked):
         try:
             with Image.open(path) as image:  # reads the header only
                 sides.append(max(image.size))

@@ -113,9 +113,20 @@ def smallest_size(arch: str) -> int:
         return 1
 
 
-def takes_size(arch: str, size: int) -> bool:
-    """Whether ``arch`` takes ``size``-pixel inputs (``check_image_size`` without the error)."""
-    return not _size_problem(arch, size)
+def trains_at_size(arch: str, size: int) -> bool:
+    """Whether ``arch`` trains on ``size``-pixel inputs: a training-mode forward of a 2-image batch on the meta device
+    (inception_v3's auxiliary head runs only in training and needs ~299 px). False for a custom ``module:callable``,
+    whose sizes cannot be told without building it: the default recipe then keeps the size given or the default."""
+    if ":" in arch or _size_problem(arch, size):
+        return False
+    try:
+        with torch.no_grad():
+            _meta_model(arch).train()(torch.zeros(2, 3, size, size, device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel says nothing about the size
+        return True
+    except (RuntimeError, AssertionError, ValueError):
+        return False
+    return True
 
 
 def check_image_size(arch: str, size: int) -> None:

@@ -50,7 +50,7 @@ def command(
     labels: flags.Labels = None,
     label_sep: flags.LabelSep = DataConfig.label_sep,
     task: flags.Task = DataConfig.task,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size; default: the architecture's pretrained size, or the photos' own long side (rounded up to 32) when most are 96 px to 3/4 of it (the recipe's choice).", rich_help_panel=DATA)] = DataConfig.image_size,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size; default: the architecture's pretrained size, or, for a new run on image files, the photos' median long side rounded up to 32 when that is 96 px to 3/4 of it (the recipe's choice).", rich_help_panel=DATA)] = DataConfig.image_size,
     augment: Annotated[Augment, typer.Option(help="basic: random resized crop + flip; strong: + rotation, colour jitter; trivial: + TrivialAugmentWide; none.", rich_help_panel=DATA)] = Augment(DataConfig.augment),
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).", rich_help_panel=DATA)] = DataConfig.mixup,
     cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).", rich_help_panel=DATA)] = DataConfig.cutmix,

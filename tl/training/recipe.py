@@ -46,6 +46,7 @@ def choose(train_images: int) -> dict[str, Any]:
 
 SMALL_PHOTOS_FROM = 96  # px, median long side: below this the default input size stays (not measured)
 SMALL_PHOTOS_UPTO = 0.75  # of the architecture's input side: above this upscaling costs little
+LARGEST_INPUT = 256  # architectures with larger inputs (efficientnet_b3-b7, inception_v3) keep theirs: not measured
 
 
 def photo_input_size(long_sides: list[int], default_size: int) -> int | None:
@@ -60,7 +61,7 @@ def photo_input_size(long_sides: list[int], default_size: int) -> int | None:
     if not long_sides:
         return None
     median = statistics.median(long_sides)
-    if median < SMALL_PHOTOS_FROM or median > SMALL_PHOTOS_UPTO * default_size:
+    if default_size > LARGEST_INPUT or median < SMALL_PHOTOS_FROM or median > SMALL_PHOTOS_UPTO * default_size:
         return None
     return int(-(-median // 32) * 32)
 
@@ -103,7 +104,7 @@ def recorded(cfg: TrainConfig, record: dict[str, Any]) -> TrainConfig:
         if getattr(getattr(cfg, SECTION[name]), name) is None:
             value = record.get("config", {}).get(SECTION[name], {}).get(name)
             fill[name] = value if value is not None or versioned else FIXED_DEFAULTS[name]
-    size = ((record.get("resolved", {}).get("recipe") or {}).get("chosen") or {}).get("image_size")
-    if size and cfg.data.image_size is None:  # recipe 3 chose the input size of this run's small photos
+    size = record.get("config", {}).get("data", {}).get("image_size")
+    if size and cfg.data.image_size is None:  # the size the run trained at (recipe 3's choice, or --image-size)
         fill["image_size"] = size
     return _with(cfg, fill)

@@ -77,11 +77,11 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     from tl.data.image_files import photo_long_sides
     from tl.data.splits import MANIFEST
     from tl.data.transforms import eval_transform, train_pixels, train_transform
-    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes, takes_size
+    from tl.models.architectures import IMAGENET_MEAN, IMAGENET_STD, input_sizes, trains_at_size
     from tl.progress import log
     from tl.training import multilabel, recipe, setup, state
 
-    fits = lambda arch, side: side is not None and takes_size(arch, side)
+    fits = lambda arch, side: side is not None and trains_at_size(arch, side)
 
     # Data: preprocessing comes from the architecture's pretrained input size unless given.
     size, resize = input_sizes(cfg.model.arch, image_size=cfg.data.image_size, dataset=cfg.data.dataset,
@@ -115,6 +115,10 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path, candidates: list[Path
     # What no option set, by the data's size and, for a new run, its photos' size (a resumed or reproduced run keeps its own).
     own_size = cfg.data.image_size is None and not candidates and expect_fingerprint is None and not cfg.model.cut_at
     sides = photo_long_sides(data.train) if own_size and cfg.data.dataset != "synthetic" else []
+    if own_size and accelerator.num_processes > 1:  # every process trains at the main one's size, whatever it read
+        from accelerate.utils import broadcast_object_list
+
+        sides = broadcast_object_list([sides])[0]
     cfg, chosen, line = recipe.apply(cfg, train_images=len(data.train), long_sides=sides,
                                      default_size=size if fits(cfg.model.arch, recipe.photo_input_size(sides, size)) else None)
     if line:

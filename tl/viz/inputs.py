@@ -14,7 +14,9 @@ ImageSize = Annotated[Optional[int], typer.Option(help="Input size (as tl train 
 
 
 def input_sizes(data: DataConfig, arch: str) -> tuple[int, int]:
-    """(crop, resize) as ``tl train`` resolves them (``tl.models.architectures.input_sizes``) for these data flags."""
+    """(crop, resize) as ``tl train`` resolves them (``tl.models.architectures.input_sizes``) for these data flags:
+    without ``--image-size``, the architecture's size, not the smaller one ``tl train``'s recipe may choose for small
+    photos once it has read them (``tl.training.recipe.photo_input_size``)."""
     from tl.models.architectures import input_sizes as resolve
 
     return resolve(arch, image_size=data.image_size, dataset=data.dataset, synthetic_size=data.synthetic_size)
