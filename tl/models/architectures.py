@@ -99,7 +99,7 @@ def input_sizes(arch: str, *, image_size: int | None = None, dataset: str = "", 
         if not cut_at:
             check_image_size(arch, image_size)
     elif dataset == "synthetic":
-        image_size = synthetic_size if cut_at or not _size_problem(arch, synthetic_size) else max(synthetic_size, smallest_size(arch))
+        image_size = synthetic_size if cut_at or not _size_problem(arch, synthetic_size) else max(synthetic_size, smallest_training_size(arch))
     return (image_size, round(image_size / 0.875)) if image_size else default_sizes(arch)
 
 
@@ -114,19 +114,28 @@ def smallest_size(arch: str) -> int:
 
 
 def trains_at_size(arch: str, size: int) -> bool:
-    """Whether ``arch`` trains on ``size``-pixel inputs: a training-mode forward of a 2-image batch on the meta device
-    (inception_v3's auxiliary head runs only in training and needs ~299 px). False for a custom ``module:callable``,
+    """Whether ``arch`` trains on ``size``-pixel inputs (``_size_problem``). False for a custom ``module:callable``,
     whose sizes cannot be told without building it: the default recipe then keeps the size given or the default."""
-    if ":" in arch or _size_problem(arch, size):
-        return False
-    try:
-        with torch.no_grad():
-            _meta_model(arch).train()(torch.zeros(2, 3, size, size, device="meta"))
-    except NotImplementedError:  # an operation without a meta kernel says nothing about the size
-        return True
-    except (RuntimeError, AssertionError, ValueError):
-        return False
-    return True
+    return ":" not in arch and not _size_problem(arch, size)
+
+
+@functools.lru_cache(maxsize=64)
+def smallest_training_size(arch: str) -> int:
+    """The smallest side ``arch`` trains at: torchvision's ``min_size`` (which is for inference), raised where a part
+    that runs only in training needs more (inception_v3's auxiliary head: 75 px infers, ~300 px trains)."""
+    floor = smallest_size(arch)
+    if not _size_problem(arch, floor):
+        return floor
+    high = floor
+    while _size_problem(arch, high) and high < 4096:
+        high *= 2
+    if _size_problem(arch, high):
+        return floor  # no size found: check_image_size reports the size's own problem
+    low = high // 2  # fails (or is below the floor)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _size_problem(arch, middle) else (low, middle)
+    return high
 
 
 def check_image_size(arch: str, size: int) -> None:
@@ -136,7 +145,7 @@ def check_image_size(arch: str, size: int) -> None:
     problem = _size_problem(arch, size)
     if not problem:
         return
-    floor, pretrained = smallest_size(arch), default_sizes(arch)[0]
+    floor, pretrained = smallest_training_size(arch), default_sizes(arch)[0]
     if _size_problem(arch, 2 * floor):  # bigger does not help either: one size only
         raise TLError(f"--image-size {size} does not fit {arch}: it takes exactly {floor} px", f"pass --image-size {floor}")
     if size < floor:
@@ -147,12 +156,14 @@ def check_image_size(arch: str, size: int) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _size_problem(arch: str, size: int) -> str:
-    """Why a 1-image ``size`` batch fails in ``arch``'s forward pass, or "" (always "" for a custom ``module:callable``)."""
+    """Why a 2-image ``size`` batch fails in ``arch``'s training-mode forward pass, or "" (always "" for a custom
+    ``module:callable``). Training mode: parts that run only there (inception_v3's auxiliary head) need larger inputs;
+    two images: BatchNorm in training refuses one value per channel."""
     if ":" in arch:
         return ""
     try:
         with torch.no_grad():
-            _meta_model(arch)(torch.zeros(1, 3, size, size, device="meta"))
+            _meta_model(arch).train()(torch.zeros(2, 3, size, size, device="meta"))
     except NotImplementedError:  # an operation without a meta kernel says nothing about the size
         return ""
     except (RuntimeError, AssertionError, ValueError) as error:  # too-small kernels, ViT's size assertion, ...
@@ -165,7 +176,7 @@ def _meta_model(arch: str) -> nn.Module:
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):  # parameters on the meta device: no memory, no initialisation
-        return build_base(arch).to("meta").eval()
+        return build_base(arch).to("meta")
 
 
 def build_base(arch: str, num_classes: int | None = None) -> nn.Module:
