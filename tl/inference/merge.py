@@ -10,7 +10,6 @@ deterministic writer as a single run's, so either way the result is byte for byt
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +20,7 @@ from tl.errors import TLError
 from tl.inference.file_list import NameDigest
 from tl.inference.predictions_csv import read_done
 from tl.inference.predictions_parquet import arrow_schema, is_parquet, journal_of, parquet_tables, write_parquet
+from tl.inference.replace_file import replaced_when_written
 from tl.inference.shards import ShardRecord, read_record, record_path
 
 
@@ -109,8 +109,7 @@ def _merge_csv(ordered: list[tuple[ShardRecord, Path]], out: Path) -> int:
         heads.append(head)
         ends.append(end)
         rows += names.count
-    partial = out.with_name(f".{out.name}.merging")
-    try:
+    with replaced_when_written(out, "merging", "choose another --out, or free some space") as partial:
         with open(partial, "wb") as target:
             target.write(heads[0])
             for (_, path), end in zip(ordered, ends):
@@ -121,11 +120,6 @@ def _merge_csv(ordered: list[tuple[ShardRecord, Path]], out: Path) -> int:
                         chunk = source.read(min(left, 1 << 22))
                         target.write(chunk)
                         left -= len(chunk)
-        os.replace(partial, out)
-    except OSError as exc:
-        raise TLError(f"cannot write {out} ({exc.strerror or exc})", "choose another --out, or free some space") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return rows
 
 

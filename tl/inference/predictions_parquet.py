@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tl.errors import TLError
 from tl.inference.predictions_csv import csv_safe, csv_unsafe
+from tl.inference.replace_file import replaced_when_written
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,9 +103,8 @@ def write_parquet(tables: Iterable["pa.Table"], out: Path, schema: "pa.Schema") 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    partial = out.with_name(f".{out.name}.writing")
     held, rows, total = [], 0, 0
-    try:
+    with replaced_when_written(out, "writing", "fix that (e.g. free some space), then run the same command with --resume") as partial:
         with pq.ParquetWriter(partial, schema, **WRITER) as writer:
             for table in tables:
                 held.append(table)
@@ -116,11 +116,6 @@ def write_parquet(tables: Iterable["pa.Table"], out: Path, schema: "pa.Schema") 
             if rows:
                 writer.write_table(pa.concat_tables(held).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
                 total += rows
-        os.replace(partial, out)
-    except OSError as exc:
-        raise TLError(f"cannot write {out} ({exc.strerror or exc})", "fix that (e.g. free some space), then run the same command with --resume") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return total
 
 
