@@ -94,3 +94,37 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+PREDICT_DIR_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def rows_so_far(path: Path) -> int:
+    """Rows a running predict-dir has written to its CSV (or journal) so far; 0 before it exists or has a header."""
+    import csv
+
+    try:
+        return len(read_rows(path))
+    except (FileNotFoundError, csv.Error):
+        return 0
+
+
+def stop_predict_dir(signal_number: int, args: list, rows_file: Path, *, whole_group: bool = False):
+    """Run ``python -m tl.predict_dir ARGS`` as a program, send it ``signal_number`` once ``rows_file`` holds 3 rows
+    (to its whole process group, loader workers included, as a terminal or SLURM does, with ``whole_group``), and
+    wait for it to end: its ``subprocess.CompletedProcess``."""
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "tl.predict_dir", *map(str, args)], env=PREDICT_DIR_ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=whole_group)
+    try:
+        deadline = time.monotonic() + 120
+        while rows_so_far(rows_file) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal_number) if whole_group else process.send_signal(signal_number)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -3,17 +3,15 @@ in the middle, Ctrl-C and SIGTERM, broken links. The rows a user has are never l
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli, read_rows, train_tiny_run, write_image
+from tests.conftest import ROOT, cli, read_rows, rows_so_far, stop_predict_dir, train_tiny_run, write_image
 from tl.errors import TLError
 from tl.inference.predictions_csv import read_done
 
@@ -107,30 +105,13 @@ def test_a_failed_write_keeps_a_valid_csv_that_resumes(run, tmp_path):
     assert read_rows(out)[: len(rows)] == rows
 
 
-def _rows_so_far(path: Path) -> int:
-    try:
-        return len(read_rows(path))
-    except (FileNotFoundError, csv.Error):
-        return 0
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_run_leaves_no_in_flight_marker(run, tmp_path, stop):
     images = _images(tmp_path / "images", 80)
     out = tmp_path / "p.csv"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "tl.predict_dir", str(images), "--checkpoint", str(run / "best"),
-                                "--num-workers", "0", "--batch-size", "1", "--out", str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while _rows_so_far(out) < 3 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        process.send_signal(stop)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode != 0 and 3 <= _rows_so_far(out) < 80, stderr[-2000:]
+    stopped = stop_predict_dir(stop, [images, "--checkpoint", run / "best", "--num-workers", "0", "--batch-size", "1", "--out", out], out)
+    stderr = stopped.stderr
+    assert stopped.returncode != 0 and 3 <= rows_so_far(out) < 80, stderr[-2000:]
     assert not out.with_name("p.csv.inflight").exists(), stderr[-2000:]  # a clean stop, not a decoder crash
     assert "Traceback" not in stderr, stderr[-2000:]
 

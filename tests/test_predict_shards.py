@@ -11,16 +11,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli, read_rows, train_tiny_run, write_image
+from tests.conftest import PREDICT_DIR_ENV, cli, read_rows, rows_so_far, stop_predict_dir, train_tiny_run, write_image
 from tl.errors import TLError
 from tl.inference.shards import Shard, parse_shard
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+ENV = PREDICT_DIR_ENV
 
 
 @pytest.fixture(scope="module")
@@ -178,43 +177,20 @@ def _slow_folder(root: Path, count: int = 40) -> Path:
     return root
 
 
-def _rows_in(path: Path) -> int:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return max(0, sum(1 for _ in csv.reader(handle)) - 1)
-    except (FileNotFoundError, csv.Error):
-        return 0
-
-
 def _program(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tl.predict_dir", *args], env=ENV, capture_output=True, text=True, timeout=300)
-
-
-def _start_then(signal_number: int, args: list[str], rows_file: Path) -> subprocess.CompletedProcess:
-    """Run predict-dir as a program, send ``signal_number`` once ``rows_file`` has rows, wait for it to end."""
-    process = subprocess.Popen([sys.executable, "-m", "tl.predict_dir", *args], env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while _rows_in(rows_file) < 3 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        process.send_signal(signal_number)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_sigusr1_finishes_the_batch_exits_75_and_resume_completes_it(run, tmp_path):
     images = _slow_folder(tmp_path / "images")
     out, whole = tmp_path / "p.csv", tmp_path / "whole.csv"
     args = [str(images), "--checkpoint", str(run / "best"), "--num-workers", "0", "--batch-size", "1"]
-    stopped = _start_then(signal.SIGUSR1, [*args, "--out", str(out)], out)
+    stopped = stop_predict_dir(signal.SIGUSR1, [*args, "--out", str(out)], out)
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     message = [line for line in stopped.stderr.splitlines() if "--resume" in line]
     assert len(message) == 1 and "stopped after the batch in flight" in message[0], stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr and out.read_bytes().endswith(b"\n")  # whole rows only
-    written = _rows_in(out)
+    written = rows_so_far(out)
     assert 3 <= written < 40 and not out.with_name("p.csv.inflight").exists()
     resumed = _program(*args, "--out", str(out), "--resume")  # programs alike: one thread each, the same sums
     assert resumed.returncode == 0 and f"already written │ {written}" in resumed.stdout, resumed.stderr[-2000:]
@@ -230,21 +206,12 @@ def test_sigterm_to_the_whole_group_with_workers_is_a_stop_not_a_decoder_crash(r
         write_image(images / f"d{i % 5}" / f"img_{i:04d}.png", (200, 40 * (i % 5), 30), size=16, seed=i)
     out = tmp_path / "p.csv"
     args = [str(images), "--checkpoint", str(run / "best"), "--num-workers", "2", "--batch-size", "4", "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "tl.predict_dir", *args], env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while _rows_in(out) < 3 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.killpg(process.pid, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 75, stderr[-2000:]
-    assert "decoder crashed" not in stderr and not out.with_name("p.csv.inflight").exists()
+    stopped = stop_predict_dir(signal.SIGTERM, args, out, whole_group=True)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert "decoder crashed" not in stopped.stderr and not out.with_name("p.csv.inflight").exists()
     resumed = _program(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _rows_in(out) == 400
+    assert rows_so_far(out) == 400
 
 
 def test_a_killed_parquet_run_keeps_its_rows_and_resumes(run, tmp_path):
@@ -252,8 +219,8 @@ def test_a_killed_parquet_run_keeps_its_rows_and_resumes(run, tmp_path):
     out, whole = tmp_path / "p.parquet", tmp_path / "whole.parquet"
     journal = tmp_path / "p.parquet.partial.csv"
     args = [str(images), "--checkpoint", str(run / "best"), "--num-workers", "0", "--batch-size", "1"]
-    killed = _start_then(signal.SIGKILL, [*args, "--out", str(out)], journal)
-    assert killed.returncode == -signal.SIGKILL and not out.exists() and 3 <= _rows_in(journal) < 40
+    killed = stop_predict_dir(signal.SIGKILL, [*args, "--out", str(out)], journal)
+    assert killed.returncode == -signal.SIGKILL and not out.exists() and 3 <= rows_so_far(journal) < 40
     with open(journal, "a") as handle:
         handle.write("img_039.png,red,0.9")  # a row cut off by the kill
     assert "holds the rows of an unfinished run" in _refused("predict-dir", *args, "--out", out)  # not without --resume
